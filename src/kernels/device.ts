@@ -1,0 +1,298 @@
+// The GPU contract: the only module that touches navigator.gpu.
+//
+// A kernel is data (`Kernel`: a name, WGSL source, an optional cache key); `gpu.dispatch` binds buffer windows and a
+// uniform block and records the dispatch into the step's single command encoder. Nothing is submitted until
+// `flush()` (or a readback) so one training step is one submit. Buffers come from a size-bucketed pool and are
+// destroyed, not left to GC. Readbacks are batched into one staging buffer and one mapAsync (each costs >= 10 ms).
+//
+// Tensors larger than the adapter's max storage binding: kernels bind windows of a buffer (`Binding.offset/size`)
+// and split their dispatches over channel planes (`planeChunks`). `setMaxBindingForTests` lowers the limit so the
+// split path is tested on small tensors.
+
+export interface Kernel {
+  /** Pipeline label and cache key prefix, e.g. "conv3d_fwd". */
+  name: string;
+  /** Full WGSL module; entry point is `main`. */
+  wgsl: string;
+  /** Distinguishes variants of `name` (shapes baked in as constants, etc.); defaults to the WGSL text itself. */
+  key?: string;
+}
+
+/** A window of a storage buffer. offset and size in bytes; offset must be a multiple of `gpu.offsetAlign`. */
+export interface Binding {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+export type Grid = [number, number, number];
+
+export class NoAdapterError extends Error {}
+
+const STORAGE = 0x0080 | 0x0008 | 0x0004; // STORAGE | COPY_DST | COPY_SRC (constants so this loads without a GPU)
+const UNIFORM = 0x0040 | 0x0008; // UNIFORM | COPY_DST
+const MAP_READ = 0x0001 | 0x0008; // MAP_READ | COPY_DST
+
+export class Gpu {
+  readonly device: GPUDevice;
+  readonly adapterName: string;
+  readonly isFallback: boolean;
+  readonly features: ReadonlySet<string>;
+  readonly maxBuffer: number;
+  readonly offsetAlign: number;
+  readonly maxWorkgroupStorage: number;
+  readonly maxWorkgroupsPerDim: number;
+  #maxBinding: number;
+  readonly #adapterMaxBinding: number;
+  #encoder: GPUCommandEncoder | null = null;
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #pool = new Map<number, GPUBuffer[]>();
+  #uniformPool: GPUBuffer[] = [];
+  #uniformsInFlight: GPUBuffer[] = [];
+  #live = 0;
+  #peak = 0;
+  dispatches = 0;
+
+  constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: Set<string>) {
+    this.device = device;
+    this.adapterName = adapterName;
+    this.isFallback = isFallback;
+    this.features = features;
+    const l = device.limits;
+    this.maxBuffer = l.maxBufferSize;
+    this.#maxBinding = this.#adapterMaxBinding = l.maxStorageBufferBindingSize;
+    this.offsetAlign = l.minStorageBufferOffsetAlignment;
+    this.maxWorkgroupStorage = l.maxComputeWorkgroupStorageSize;
+    this.maxWorkgroupsPerDim = l.maxComputeWorkgroupsPerDimension;
+  }
+
+  /** Largest storage binding in bytes (the adapter's, or lower while a test forces the split path). */
+  get maxBinding(): number {
+    return this.#maxBinding;
+  }
+
+  /** Lowers the binding limit (bytes, a multiple of offsetAlign) to exercise split dispatches; null restores it. */
+  setMaxBindingForTests(bytes: number | null) {
+    if (bytes !== null && (bytes % this.offsetAlign || bytes <= 0 || bytes > this.#adapterMaxBinding)) {
+      throw new Error(`setMaxBindingForTests: ${bytes} must be a positive multiple of ${this.offsetAlign}`);
+    }
+    this.#maxBinding = bytes ?? this.#adapterMaxBinding;
+  }
+
+  /** Bytes currently held by live (not pooled) storage buffers, and the peak since the last reset. */
+  memory(): { live: number; peak: number } {
+    return { live: this.#live, peak: this.#peak };
+  }
+  resetPeak() {
+    this.#peak = this.#live;
+  }
+
+  pipeline(k: Kernel): GPUComputePipeline {
+    const key = `${k.name}|${k.key ?? k.wgsl}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      const module = this.device.createShaderModule({ label: k.name, code: k.wgsl });
+      p = this.device.createComputePipeline({ label: k.name, layout: "auto", compute: { module, entryPoint: "main" } });
+      this.#pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /** A storage buffer of at least `bytes` (rounded up to a size bucket), from the pool when possible. */
+  alloc(bytes: number): GPUBuffer {
+    const size = bucket(Math.max(bytes, 16));
+    if (size > this.maxBuffer) {
+      throw new Error(`a tensor of ${bytes} bytes exceeds this adapter's largest buffer (${this.maxBuffer} bytes)`);
+    }
+    const free = this.#pool.get(size);
+    const buf = free?.pop() ?? this.device.createBuffer({ size, usage: STORAGE });
+    this.#live += size;
+    this.#peak = Math.max(this.#peak, this.#live);
+    return buf;
+  }
+
+  /** Returns a buffer to the pool. Safe mid-step: later dispatches in the same encoder run after earlier ones. */
+  free(buf: GPUBuffer) {
+    this.#live -= buf.size;
+    const list = this.#pool.get(buf.size) ?? [];
+    list.push(buf);
+    this.#pool.set(buf.size, list);
+  }
+
+  /** Destroys every pooled (unused) buffer at once. */
+  trim() {
+    for (const list of this.#pool.values()) for (const b of list) b.destroy();
+    this.#pool.clear();
+  }
+
+  /** Uploads data into a buffer. Flushes pending work first: queue writes run before the encoder's commands. */
+  write(buf: GPUBuffer, data: ArrayBufferView, byteOffset = 0) {
+    if (this.#encoder) this.flush();
+    this.device.queue.writeBuffer(buf, byteOffset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  }
+
+  /** Fills a buffer range with zeros (recorded in order with dispatches). size: bytes, multiple of 4. */
+  zero(buf: GPUBuffer, offset = 0, size = buf.size - offset) {
+    this.#enc().clearBuffer(buf, offset, size);
+  }
+
+  /** Copies bytes between buffers, in order with dispatches. */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number) {
+    this.#enc().copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+  }
+
+  /**
+   * Records one dispatch. Bindings are 0..n-1 in order; when `uniforms` is given it is bound last, at binding n, as a
+   * uniform block (pad the array to 16 bytes; pass u32/i32/f32 through a Uint32Array or an ArrayBuffer).
+   */
+  dispatch(k: Kernel, bindings: Binding[], uniforms: ArrayBuffer | ArrayBufferView | null, grid: Grid) {
+    for (const g of grid) {
+      if (!(g >= 1 && g <= this.maxWorkgroupsPerDim && Number.isInteger(g))) {
+        throw new Error(`${k.name}: dispatch grid [${grid}] outside 1..${this.maxWorkgroupsPerDim} per dimension`);
+      }
+    }
+    const pipe = this.pipeline(k);
+    const entries: GPUBindGroupEntry[] = bindings.map((b, i) => {
+      const offset = b.offset ?? 0;
+      const size = b.size ?? b.buffer.size - offset;
+      if (offset % this.offsetAlign) throw new Error(`${k.name}: binding ${i} offset ${offset} is not aligned`);
+      if (size > this.#maxBinding) {
+        throw new Error(`${k.name}: binding ${i} of ${size} bytes exceeds the max storage binding ${this.#maxBinding}`);
+      }
+      return { binding: i, resource: { buffer: b.buffer, offset, size } };
+    });
+    if (uniforms) {
+      const bytes = ArrayBuffer.isView(uniforms)
+        ? new Uint8Array(uniforms.buffer, uniforms.byteOffset, uniforms.byteLength)
+        : new Uint8Array(uniforms);
+      const ub = this.#uniformPool.pop() ?? this.device.createBuffer({ size: 256, usage: UNIFORM });
+      if (bytes.byteLength > 256) throw new Error(`${k.name}: uniform block over 256 bytes`);
+      // Written at once; each in-flight dispatch has its own uniform buffer until the next submit.
+      this.device.queue.writeBuffer(ub, 0, bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength);
+      this.#uniformsInFlight.push(ub);
+      entries.push({ binding: bindings.length, resource: { buffer: ub } });
+    }
+    const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
+    const pass = this.#enc().beginComputePass();
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
+    pass.end();
+    this.dispatches++;
+  }
+
+  /** Submits everything recorded so far. */
+  flush() {
+    if (!this.#encoder) return;
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.#uniformPool.push(...this.#uniformsInFlight);
+    this.#uniformsInFlight = [];
+  }
+
+  /** Reads several buffer windows back with one submit and one mapAsync. */
+  async read(windows: { buffer: GPUBuffer; offset?: number; size: number }[]): Promise<ArrayBuffer[]> {
+    const offs: number[] = [];
+    let total = 0;
+    for (const w of windows) {
+      offs.push(total);
+      total += Math.ceil(w.size / 8) * 8;
+    }
+    const staging = this.device.createBuffer({ size: Math.max(total, 8), usage: MAP_READ });
+    const enc = this.#enc();
+    windows.forEach((w, i) => enc.copyBufferToBuffer(w.buffer, w.offset ?? 0, staging, offs[i], w.size));
+    this.flush();
+    await staging.mapAsync(1 /* GPUMapMode.READ */);
+    const mapped = staging.getMappedRange();
+    const out = windows.map((w, i) => mapped.slice(offs[i], offs[i] + w.size));
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /** Waits until the GPU has finished all submitted work. */
+  async sync() {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+  }
+
+  #enc(): GPUCommandEncoder {
+    return this.#encoder ??= this.device.createCommandEncoder();
+  }
+}
+
+/** Pool bucket: exact multiples of 256 B up to 1 MiB, then steps of 1/8 of the next power of two. */
+function bucket(bytes: number): number {
+  if (bytes <= 1 << 20) return Math.ceil(bytes / 256) * 256;
+  const step = 2 ** Math.ceil(Math.log2(bytes)) / 8;
+  return Math.ceil(bytes / step) * step;
+}
+
+let current: Promise<Gpu> | null = null;
+
+/** The process-wide GPU: the high-performance adapter with its own limits requested. */
+export function gpu(): Promise<Gpu> {
+  return current ??= open();
+}
+
+async function open(): Promise<Gpu> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  const adapter = nav?.gpu ? await nav.gpu.requestAdapter({ powerPreference: "high-performance" }) : null;
+  if (!adapter) {
+    throw new NoAdapterError(
+      "no WebGPU adapter found: install a GPU driver with Vulkan support, or Mesa's software drivers " +
+        "(Debian: apt-get install mesa-vulkan-drivers libgl1-mesa-dri libegl1)",
+    );
+  }
+  const l = adapter.limits;
+  const device = await adapter.requestDevice({
+    requiredFeatures: adapter.features.has("shader-f16") ? ["shader-f16"] : [],
+    requiredLimits: {
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    },
+  });
+  device.addEventListener("uncapturederror", (e) => {
+    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
+  const info = adapter.info;
+  return new Gpu(device, info.description || info.vendor || "unknown adapter", info.isFallbackAdapter ?? false,
+    new Set(adapter.features));
+}
+
+/**
+ * Splits `planes` consecutive planes of `planeElems` f32 values (starting at plane 0 of a buffer) into chunks that
+ * each fit one storage binding. Each chunk binds from an aligned byte offset; `shift` is the element offset of the
+ * chunk's first plane inside that window (pass it to the kernel).
+ */
+export function planeChunks(
+  g: Gpu,
+  planes: number,
+  planeElems: number,
+  elemBytes = 4,
+): { first: number; count: number; offset: number; shift: number; size: number }[] {
+  const planeBytes = planeElems * elemBytes;
+  const usable = g.maxBinding - g.offsetAlign; // room for the alignment shift
+  const per = Math.floor(usable / planeBytes);
+  if (per < 1) {
+    throw new Error(`one channel plane of ${planeBytes} bytes exceeds the max storage binding (${g.maxBinding})`);
+  }
+  const out = [];
+  for (let first = 0; first < planes; first += per) {
+    const count = Math.min(per, planes - first);
+    const start = first * planeBytes;
+    const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
+    out.push({ first, count, offset, shift: (start - offset) / elemBytes, size: start - offset + count * planeBytes });
+  }
+  return out;
+}
+
+/** A 2D grid covering `n` workgroups (x <= maxWorkgroupsPerDim). Kernels index wg.x + wg.y * gridX. */
+export function grid1d(g: Gpu, n: number): Grid {
+  const x = Math.min(Math.max(n, 1), g.maxWorkgroupsPerDim);
+  return [x, Math.ceil(Math.max(n, 1) / x), 1];
+}

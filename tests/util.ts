@@ -1,0 +1,66 @@
+// Shared test helpers: the GPU (a test that needs an adapter fails when none is found), seeded data, comparisons,
+// and float64 central finite differences.
+import { gpu, type Gpu } from "../src/kernels/device.ts";
+
+export function testGpu(): Promise<Gpu> {
+  return gpu();
+}
+
+/** Deterministic pseudo-random numbers in [-1, 1) (mulberry32). */
+export function rand(n: number, seed = 1): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+/** Max |a - b| relative to max |b| (max |b| floored at 1e-12). */
+export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let err = 0, mag = 1e-12;
+  for (let i = 0; i < a.length; i++) {
+    err = Math.max(err, Math.abs(a[i] - b[i]));
+    mag = Math.max(mag, Math.abs(b[i]));
+  }
+  return err / mag;
+}
+
+export function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "values") {
+  const e = maxRelErr(got, want);
+  if (!(e <= tol)) throw new Error(`${what}: max relative error ${e.toExponential(3)} exceeds ${tol}`);
+}
+
+/**
+ * Gradient of sum(f(x) * w) with respect to x by float64 central differences, where f maps a float64 input to a
+ * float64 output; w weights the outputs (a fixed random "upstream gradient").
+ */
+export function finiteDiff(
+  f: (x: Float64Array) => ArrayLike<number>,
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  h = 1e-6,
+): Float64Array {
+  const xv = Float64Array.from(x);
+  const grad = new Float64Array(xv.length);
+  const dot = (y: ArrayLike<number>) => {
+    let s = 0;
+    for (let i = 0; i < y.length; i++) s += y[i] * w[i];
+    return s;
+  };
+  for (let i = 0; i < xv.length; i++) {
+    const v = xv[i];
+    xv[i] = v + h;
+    const up = dot(f(xv));
+    xv[i] = v - h;
+    const dn = dot(f(xv));
+    xv[i] = v;
+    grad[i] = (up - dn) / (2 * h);
+  }
+  return grad;
+}
