@@ -1,6 +1,6 @@
 // Shared test helpers: the GPU (a test that needs an adapter fails when none is found), seeded data, comparisons,
 // and float64 central finite differences.
-import { gpu, type Gpu } from "../src/kernels/device.ts";
+import { type Gpu, gpu } from "../src/kernels/device.ts";
 
 export function testGpu(): Promise<Gpu> {
   return gpu();

@@ -260,8 +260,12 @@ async function open(): Promise<Gpu> {
     console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
   const info = adapter.info;
-  return new Gpu(device, info.description || info.vendor || "unknown adapter", info.isFallbackAdapter ?? false,
-    new Set(adapter.features));
+  return new Gpu(
+    device,
+    info.description || info.vendor || "unknown adapter",
+    info.isFallbackAdapter ?? false,
+    new Set(adapter.features),
+  );
 }
 
 /**

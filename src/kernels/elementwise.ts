@@ -5,7 +5,7 @@
 // aligned. LeakyReLU's backward needs the forward input x (saved by the caller): dx = dy * (x > 0 ? 1 : slope).
 // Nothing here accumulates unless named *Into (dst += src).
 
-import { type Binding, grid1d, type Gpu, type Kernel } from "./device.ts";
+import { type Binding, type Gpu, grid1d, type Kernel } from "./device.ts";
 
 const WG = 256;
 

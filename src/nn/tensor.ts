@@ -171,7 +171,7 @@ type Kept = Tensor | Tensor[] | Record<string, unknown> | unknown;
 function collect(v: Kept, into: Set<Tensor>, depth = 0) {
   if (depth > 4 || v === null || typeof v !== "object") return;
   if (v instanceof Tensor) into.add(v);
-  else if (Array.isArray(v)) for (const x of v) collect(x, into, depth + 1);
+  else if (Array.isArray(v)) { for (const x of v) collect(x, into, depth + 1); }
   else for (const x of Object.values(v as Record<string, unknown>)) collect(x, into, depth + 1);
 }
 
@@ -263,7 +263,9 @@ export function backward(root: Tensor, seed?: Tensor) {
           if (gi && gi !== gt) gi.dispose();
           return;
         }
-        if (gi.size !== inp.size || gi.shape.length !== inp.shape.length || gi.shape.some((d, q) => d !== inp.shape[q])) {
+        if (
+          gi.size !== inp.size || gi.shape.length !== inp.shape.length || gi.shape.some((d, q) => d !== inp.shape[q])
+        ) {
           throw new Error(`backward: gradient [${gi.shape}] does not match its tensor [${inp.shape}] ${inp.name}`);
         }
         accumulate(inp, gi === gt ? gt.detach() : gi);
