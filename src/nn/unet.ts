@@ -1,0 +1,142 @@
+// The HAD-Net generator: the original release's 3D U-Net (teacher: 4 sequences, student: 3).
+//
+// Down x4: Dropout3d on the input, two conv3x3-instance-norm-LeakyReLU(0.01) blocks, max-pool 2 (the skip is the
+// pre-pool map). Center: Dropout3d, two blocks (16k then 8k). Up x4: nearest resize of the coarse input to the skip's
+// size, Dropout3d on skip and resized input (independent masks), conv_left(skip, no bias) + conv_up(up, bias), norm,
+// LeakyReLU, one block. 1x1x1 output conv to the classes. Dropout p applies only in blocks whose in_channels >= k.
+// forward returns the logits and the feature pairs the discriminator sees: [[d2, u3], [d3, u4], [d4, c5]].
+
+import type { Gpu } from "../kernels/device.ts";
+import { kaimingNormal } from "./init.ts";
+import { Params } from "./module.ts";
+import { conv3d } from "./ops/conv.ts";
+import { dropout3d } from "./ops/dropout.ts";
+import { add } from "./ops/elementwise.ts";
+import { instanceNormLeakyRelu } from "./ops/norm.ts";
+import { maxPool2 } from "./ops/pool.ts";
+import { resizeNearest } from "./ops/resize.ts";
+import type { Rng } from "./rng.ts";
+import type { Tensor } from "./tensor.ts";
+
+export interface UNetConfig {
+  /** Input sequences: 4 for the teacher, 3 for the student. */
+  inChannels: number;
+  /** Filters of the first level (k); levels have k, 2k, 4k, 8k, 16k. */
+  k: number;
+  classes: number;
+  /** Dropout3d probability in training mode. */
+  dropout: number;
+}
+
+export interface ForwardMode {
+  training: boolean;
+  /** Dropout stream; required in training mode when dropout > 0. */
+  rng?: Rng;
+}
+
+export type FeaturePairs = [[Tensor, Tensor], [Tensor, Tensor], [Tensor, Tensor]];
+
+export interface GeneratorOutput {
+  logits: Tensor;
+  features: FeaturePairs;
+}
+
+const SLOPE = 0.01;
+
+export function validateUNetConfig(c: UNetConfig): UNetConfig {
+  const int = (v: number, name: string, min: number) => {
+    if (!Number.isInteger(v) || v < min) throw new Error(`UNet: ${name} must be an integer >= ${min}, got ${v}`);
+  };
+  int(c.inChannels, "inChannels", 1);
+  int(c.k, "k", 1);
+  int(c.classes, "classes", 2);
+  if (!(c.dropout >= 0 && c.dropout < 1)) throw new Error(`UNet: dropout must be in [0, 1), got ${c.dropout}`);
+  return { ...c };
+}
+
+export class UNet {
+  readonly config: UNetConfig;
+  readonly params: Params;
+
+  /** Initialised as the original's init_weights: Kaiming-normal conv weights, zero conv biases, norm 1/0. */
+  constructor(g: Gpu, config: UNetConfig, rng: Rng) {
+    this.config = validateUNetConfig(config);
+    const { inChannels: m, k, classes } = this.config;
+    const p = this.params = new Params(g);
+    const conv = (name: string, cin: number, cout: number, size: number, bias: boolean) => {
+      const shape = [cout, cin, size, size, size];
+      p.add(`${name}.weight`, shape, kaimingNormal(rng, shape));
+      if (bias) p.add(`${name}.bias`, [cout], new Float32Array(cout));
+    };
+    const norm = (name: string, c: number) => {
+      p.add(`${name}.weight`, [c], new Float32Array(c).fill(1));
+      p.add(`${name}.bias`, [c], new Float32Array(c));
+    };
+    const block = (name: string, cin: number, cout: number) => {
+      conv(`${name}.conv`, cin, cout, 3, true);
+      norm(`${name}.inst`, cout);
+    };
+    const down = (name: string, cin: number, c1: number, c2: number) => {
+      block(`${name}.conv1`, cin, c1);
+      block(`${name}.conv2`, c1, c2);
+    };
+    const up = (name: string, cin: number, c1: number, c2: number) => {
+      conv(`${name}.conv_up`, cin, c1, 3, true);
+      conv(`${name}.conv_left`, cin, c1, 3, false);
+      norm(`${name}.inst`, c1);
+      block(`${name}.conv_out`, c1, c2);
+    };
+    down("conv_d1", m, k, k);
+    down("conv_d2", k, 2 * k, 2 * k);
+    down("conv_d3", 2 * k, 4 * k, 4 * k);
+    down("conv_d4", 4 * k, 8 * k, 8 * k);
+    down("conv_c5", 8 * k, 16 * k, 8 * k);
+    up("conv_u4", 8 * k, 8 * k, 4 * k);
+    up("conv_u3", 4 * k, 4 * k, 2 * k);
+    up("conv_u2", 2 * k, 2 * k, k);
+    up("conv_u1", k, k, k);
+    conv("conv_out", k, classes, 1, true);
+  }
+
+  forward(x: Tensor, mode: ForwardMode): GeneratorOutput {
+    const { inChannels, k, dropout } = this.config;
+    if (x.shape.length !== 5 || x.shape[1] !== inChannels) {
+      throw new Error(`UNet: input [${x.shape}] must be [N, ${inChannels}, D, H, W]`);
+    }
+    const p = (n: string) => this.params.get(n);
+    const drop = (t: Tensor, cin: number): Tensor => {
+      if (!mode.training || dropout === 0 || cin < k) return t;
+      if (!mode.rng) throw new Error("UNet: training mode with dropout needs a random stream");
+      return dropout3d(t, dropout, mode.rng);
+    };
+    const block = (name: string, t: Tensor) =>
+      instanceNormLeakyRelu(
+        conv3d(t, p(`${name}.conv.weight`), p(`${name}.conv.bias`), 1, 1),
+        p(`${name}.inst.weight`),
+        p(`${name}.inst.bias`),
+        SLOPE,
+      );
+    const down = (name: string, t: Tensor) => block(`${name}.conv2`, block(`${name}.conv1`, drop(t, t.shape[1])));
+    const up = (name: string, skip: Tensor, coarse: Tensor) => {
+      const cin = coarse.shape[1];
+      const resized = resizeNearest(coarse, [skip.shape[2], skip.shape[3], skip.shape[4]]);
+      const s = drop(skip, cin), u = drop(resized, cin);
+      const sum = add(
+        conv3d(s, p(`${name}.conv_left.weight`), null, 1, 1),
+        conv3d(u, p(`${name}.conv_up.weight`), p(`${name}.conv_up.bias`), 1, 1),
+      );
+      return block(`${name}.conv_out`, instanceNormLeakyRelu(sum, p(`${name}.inst.weight`), p(`${name}.inst.bias`), SLOPE));
+    };
+    const d1 = down("conv_d1", x);
+    const d2 = down("conv_d2", maxPool2(d1));
+    const d3 = down("conv_d3", maxPool2(d2));
+    const d4 = down("conv_d4", maxPool2(d3));
+    const c5 = down("conv_c5", maxPool2(d4));
+    const u4 = up("conv_u4", d4, c5);
+    const u3 = up("conv_u3", d3, u4);
+    const u2 = up("conv_u2", d2, u3);
+    const u1 = up("conv_u1", d1, u2);
+    const logits = conv3d(u1, p("conv_out.weight"), p("conv_out.bias"), 1, 0);
+    return { logits, features: [[d2, u3], [d3, u4], [d4, c5]] };
+  }
+}
