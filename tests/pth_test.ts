@@ -20,6 +20,7 @@
 //   flat = lambda sd: {k: {"shape": list(v.shape), "data": v.detach().float().contiguous().view(-1).tolist()}
 //                      for k, v in sd.items()}
 //   json.dump({"mixed": flat(mixed), "plain": flat(plain)}, open("expected.json", "w"))
+//   torch.save(torch.nn.Linear(2, 2), "module.pth")  # a whole pickled module, not a state dict
 import assert from "node:assert/strict";
 import { unzipSync, zipSync } from "fflate";
 import { readPth } from "../src/nn/pth.ts";
@@ -112,6 +113,10 @@ Deno.test("pth: one clear error naming the file for legacy, truncated, garbage o
   bad(bytes.subarray(0, bytes.length - 30), /^Error: m\.pth: not a readable PyTorch checkpoint \(zip: /);
   bad(new TextEncoder().encode("hello world"), /^Error: m\.pth: not a PyTorch checkpoint \(not a zip archive\)/);
   bad(new Uint8Array(0), /^Error: m\.pth: not a PyTorch checkpoint/);
+  bad(
+    Deno.readFileSync(`${fixtures}module.pth`),
+    /^Error: m\.pth: module\/data\.pkl holds no dict of tensors \(a whole/,
+  );
   const edit = (fn: (f: Record<string, Uint8Array>) => Record<string, Uint8Array>) => rezip(bytes, fn);
   bad(
     edit((f) => ({ ...f, "plain/data.pkl": f["plain/data.pkl"].subarray(0, 100) })),

@@ -142,7 +142,9 @@ export function readPth(bytes: Uint8Array, name = "<pth>"): Weights {
     const inner = [...obj.values()].filter(isTensorDict);
     if (inner.length === 1) obj = inner[0];
   }
-  if (!isTensorDict(obj)) fail(`${pkl} holds no dict of tensors`);
+  if (!isTensorDict(obj)) {
+    fail(`${pkl} holds no dict of tensors (a whole pickled model? save model.state_dict() instead)`);
+  }
 
   const storages = new Map<string, Float32Array>();
   const load = (ref: StorageRef, key: string): Float32Array => {
