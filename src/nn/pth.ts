@@ -111,6 +111,10 @@ export function readPth(bytes: Uint8Array, name = "<pth>"): Weights {
         if (fqn === "torch._utils._rebuild_tensor_v2") {
           return (s: unknown, offset: number, shape: number[], stride: number[]) => {
             if (!(s instanceof StorageRef)) throw new Error("a tensor whose storage is not a persistent storage id");
+            const ints = (a: unknown) => Array.isArray(a) && a.every((d) => Number.isInteger(d) && d >= 0);
+            if (!Number.isInteger(offset) || !ints(shape) || !ints(stride) || shape.length !== stride.length) {
+              throw new Error(`malformed tensor: offset ${offset}, size ${shape}, stride ${stride}`);
+            }
             return new TensorRef(s, offset, shape, stride);
           };
         }
@@ -173,9 +177,8 @@ export function readPth(bytes: Uint8Array, name = "<pth>"): Weights {
     const key = String(k);
     const src = load(v.storage, key);
     const { offset, shape, stride } = v;
-    if (shape.length !== stride.length) fail(`tensor ${key}: size [${shape}] and stride [${stride}] differ in rank`);
     const last = shape.reduce((p, d, i) => p + (d - 1) * stride[i], offset);
-    if (shape.every((d) => d > 0) && (offset < 0 || last >= src.length)) {
+    if (shape.every((d) => d > 0) && last >= src.length) {
       fail(
         `tensor ${key}: size [${shape}] stride [${stride}] offset ${offset} reaches past its storage of ${src.length}`,
       );
