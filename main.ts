@@ -32,13 +32,15 @@ const commands: Record<string, Command> = {
     options: { k: { type: "string" }, sequences: { type: "string" }, classes: { type: "string" } },
     run: async (v, pos) => {
       if (pos.length !== 2) throw new UsageError("import takes <model.pth> <out.safetensors>");
-      const { importPth } = await import("./src/nn/convert.ts");
-      const meta = await importPth(pos[0], pos[1], {
-        k: optInt(v.k, "--k"),
-        sequences: optInt(v.sequences, "--sequences"),
-        classes: optInt(v.classes, "--classes"),
-      });
-      console.log(JSON.stringify({ wrote: pos[1], ...meta }));
+      const { convertPth } = await import("./src/nn/checkpoint.ts");
+      const { generatorMeta } = await import("./src/nn/unet.ts");
+      const { metadata } = await convertPth(pos[0], pos[1], (w) =>
+        generatorMeta(w, pos[0], {
+          k: optInt(v.k, "--k"),
+          sequences: optInt(v.sequences, "--sequences"),
+          classes: optInt(v.classes, "--classes"),
+        }));
+      console.log(JSON.stringify({ wrote: pos[1], ...metadata }));
       return 0;
     },
   },

@@ -29,9 +29,14 @@ export function checkWeights(tensors: Weights, expected: Map<string, number[]>, 
   }
 }
 
-/** `hadnet import`: a PyTorch state dict to safetensors with hadnet's metadata. */
-export async function convertPth(src: string, dst: string, metadata: Record<string, string>): Promise<Weights> {
+/** `hadnet import`: a PyTorch state dict to safetensors with hadnet's metadata (given, or derived from the weights). */
+export async function convertPth(
+  src: string,
+  dst: string,
+  metadata: Record<string, string> | ((w: Weights) => Record<string, string>),
+): Promise<{ tensors: Weights; metadata: Record<string, string> }> {
   const tensors = readPth(await Deno.readFile(src), src);
-  await saveSafetensors(dst, tensors, metadata);
-  return tensors;
+  const meta = typeof metadata === "function" ? metadata(tensors) : metadata;
+  await saveSafetensors(dst, tensors, meta);
+  return { tensors, metadata: meta };
 }

@@ -2,13 +2,12 @@
 // PyTorch unchanged.
 
 import type { Gpu } from "../kernels/device.ts";
+import { checkWeights } from "./checkpoint.ts";
+import type { Weights } from "./safetensors.ts";
 import { readAll, Tensor } from "./tensor.ts";
 
-export interface HostTensor {
-  shape: number[];
-  data: Float32Array;
-}
-export type StateDict = Map<string, HostTensor>;
+/** Parameter name -> host copy, in PyTorch state-dict naming. */
+export type StateDict = Weights;
 
 export class Params {
   readonly gpu: Gpu;
@@ -54,16 +53,7 @@ export class Params {
 
   /** Loads a state dict whose names and shapes must match exactly (one error listing every difference). */
   load(sd: StateDict, source: string) {
-    const problems: string[] = [];
-    for (const [name, t] of this.#map) {
-      const h = sd.get(name);
-      if (!h) problems.push(`missing ${name} [${t.shape}]`);
-      else if (h.shape.length !== t.shape.length || h.shape.some((d, i) => d !== t.shape[i])) {
-        problems.push(`${name}: file has [${h.shape}], network expects [${t.shape}]`);
-      }
-    }
-    for (const name of sd.keys()) if (!this.#map.has(name)) problems.push(`unexpected ${name}`);
-    if (problems.length) throw new Error(`${source} does not fit this network: ${problems.join("; ")}`);
+    checkWeights(sd, this.shapes(), source);
     for (const [name, t] of this.#map) this.gpu.write(t.buffer, sd.get(name)!.data);
   }
 

@@ -9,6 +9,7 @@
 import type { Gpu } from "../kernels/device.ts";
 import { kaimingNormal } from "./init.ts";
 import { Params } from "./module.ts";
+import type { Weights } from "./safetensors.ts";
 import { conv3d } from "./ops/conv.ts";
 import { dropout3d } from "./ops/dropout.ts";
 import { add } from "./ops/elementwise.ts";
@@ -42,6 +43,25 @@ export interface GeneratorOutput {
 }
 
 const SLOPE = 0.01;
+
+/**
+ * hadnet's metadata for a generator's weights: k, sequences and classes read off the first and last convolutions;
+ * values given explicitly must agree with them.
+ */
+export function generatorMeta(
+  w: Weights,
+  file: string,
+  given: { k?: number; sequences?: number; classes?: number } = {},
+): Record<string, string> {
+  const first = w.get("conv_d1.conv1.conv.weight"), last = w.get("conv_out.weight");
+  if (!first || !last) throw new Error(`${file}: not a HAD-Net generator (no conv_d1.conv1.conv.weight / conv_out.weight)`);
+  const found = { k: first.shape[0], sequences: first.shape[1], classes: last.shape[0] };
+  for (const key of ["k", "sequences", "classes"] as const) {
+    const v = given[key];
+    if (v !== undefined && v !== found[key]) throw new Error(`${file}: --${key} ${v} but the weights have ${found[key]}`);
+  }
+  return { kind: "generator", k: String(found.k), sequences: String(found.sequences), classes: String(found.classes) };
+}
 
 export function validateUNetConfig(c: UNetConfig): UNetConfig {
   const int = (v: number, name: string, min: number) => {
