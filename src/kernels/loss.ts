@@ -1,12 +1,13 @@
 // Losses to a scalar: class-weighted cross-entropy over NCDHW logits and mean squared error.
 //
 // Cross-entropy (torch.nn.CrossEntropyLoss(weight=w), mean reduction): logits f32 [N, C, S], labels u32 [N, S].
-// Forward: one thread per voxel computes w[y] * (logsumexp(x) - x[y]) and w[y]; workgroups reduce both to vec2
-// partials and the final pass writes loss = sum(w*nll) / sum(w) and saves sum(w) (a one-element buffer) for backward.
-// Backward recomputes the softmax from the saved logits: dx[c] = g * w[y] * (softmax(x)[c] - [c == y]) / sum(w)
-// (assigned). Class weights travel in the uniform block (C <= 32). A label >= C makes that voxel's loss term and its
-// gradients NaN on the GPU (so the loss read back is NaN; the wrapper checks labels only where it holds them on the
-// CPU); if every label has weight 0 the loss is 0/0 = NaN, as in PyTorch.
+// Forward: one thread per voxel computes w[y] * (logsumexp(x) - x[y]) and w[y]; workgroups reduce them (with a count
+// of invalid labels) to vec4 partials and the final pass writes loss = sum(w*nll) / sum(w) and saves sum(w) (a
+// one-element buffer) for backward. Backward recomputes the softmax from the saved logits:
+// dx[c] = g * w[y] * (softmax(x)[c] - [c == y]) / sum(w) (assigned). Class weights travel in the uniform block
+// (C <= 32). Labels >= C cannot be thrown on the GPU: they make the loss NaN and that voxel's gradients NaN (both
+// stored as NaN bits, not computed, so no finite-math assumption can drop them); the CPU references throw. If every
+// label has weight 0 the loss is 0/0: NaN in PyTorch, indeterminate in WGSL.
 //
 // MSE: mean((x - t)^2) over n elements, t a scalar or an f32 array of x's size. Forward: a flat reduction
 // (reduce.ts). Backward: dx = g * (2/n) * (x - t) (assigned); dt = -dx.
@@ -39,23 +40,23 @@ fn sum_exp(b: u32, m: f32) -> f32 {
 const CE_FWD: Kernel = {
   name: "cross_entropy_fwd",
   wgsl: `${CE_COMMON}
-@group(0) @binding(2) var<storage, read_write> parts: array<vec2f>;
+@group(0) @binding(2) var<storage, read_write> parts: array<vec4f>;
 @group(0) @binding(3) var<uniform> u: U;
-${wgSum("vec2f")}
+${wgSum("vec4f")}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let wid = wg.x + wg.y * u.gridx;
   let v = wid * ${WG}u + lid;
-  var r = vec2f(0.0);
+  var r = vec4f(0.0);
   if (v < u.count) {
     let b = u.shift + v;
     let m = max_channel(b);
     let lbl = y[u.vshift + v];
     if (lbl < u.C) {
       let w = weight(lbl);
-      r = vec2f(w * (m + log(sum_exp(b, m)) - x[b + lbl * u.S]), w);
+      r = vec4f(w * (m + log(sum_exp(b, m)) - x[b + lbl * u.S]), w, 0.0, 0.0);
     } else {
-      r = vec2f(nan(), 0.0);
+      r = vec4f(0.0, 0.0, 1.0, 0.0);
     }
   }
   let t = wg_sum(lid, r);
@@ -120,14 +121,14 @@ export function crossEntropy(
   const S = ceCheck(shape, labelsSize, weights);
   const chunks = voxelChunks(g, shape).map((c) => ({ ...c, grid: grid1d(g, Math.ceil(c.count / WG)) }));
   const nParts = Math.max(1, chunks.reduce((s, c) => s + c.grid[0] * c.grid[1], 0));
-  const parts = g.alloc(nParts * 8);
-  if (!chunks.length) g.zero(parts, 0, 8);
+  const parts = g.alloc(nParts * 16);
+  if (!chunks.length) g.zero(parts, 0, 16);
   let base = 0;
   for (const c of chunks) {
     const binds: Binding[] = [
       { buffer: x, offset: c.offset, size: c.size },
       { buffer: labels, offset: c.vOffset, size: c.vSize },
-      { buffer: parts, size: nParts * 8 },
+      { buffer: parts, size: nParts * 16 },
     ];
     g.dispatch(CE_FWD, binds, ceUniforms(c, S, weights, c.grid[0], base), c.grid);
     base += c.grid[0] * c.grid[1];

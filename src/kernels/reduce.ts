@@ -11,7 +11,7 @@ import { flatChunks } from "./elementwise.ts";
 export const WG = 256;
 
 /** WGSL: `wg_sum(lid, v)` sums v over the workgroup (result valid in every thread); call from uniform control flow. */
-export function wgSum(type: "f32" | "vec2f"): string {
+export function wgSum(type: "f32" | "vec4f"): string {
   return `
 var<workgroup> red: array<${type}, ${WG}>;
 fn wg_sum(lid: u32, v: ${type}) -> ${type} {
@@ -25,9 +25,13 @@ fn wg_sum(lid: u32, v: ${type}) -> ${type} {
 }`;
 }
 
-// Final pass. "scale": out[0] = a * sum. "ratio" (vec2 partials): out[0] = sum.x / sum.y, aux[0] = sum.y.
+// Final pass. "scale": out[0] = a * sum. "ratio" (vec4 partials): out[0] = sum.x / sum.y, or NaN (stored as bits, so
+// it survives implementations that assume finite math) when sum.z > 0 flags invalid inputs; aux[0] = sum.y.
 function finishKernel(mode: "scale" | "ratio"): Kernel {
-  const type = mode === "scale" ? "f32" : "vec2f";
+  const type = mode === "scale" ? "f32" : "vec4f";
+  const write = mode === "scale"
+    ? "out[0] = u.a * s;"
+    : "out[0] = select(s.x / s.y, bitcast<f32>(0x7fc00000u), s.z > 0.0);\n    aux[0] = s.y;";
   return {
     name: `reduce_finish_${mode}`,
     wgsl: `
@@ -43,7 +47,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   for (var i = lid; i < u.n; i += ${WG}u) { acc = acc + parts[i]; }
   let s = wg_sum(lid, acc);
   if (lid == 0u) {
-    ${mode === "ratio" ? "out[0] = s.x / s.y;\n    aux[0] = s.y;" : "out[0] = u.a * s;"}
+    ${write}
   }
 }`,
   };
@@ -59,9 +63,9 @@ export function finish(g: Gpu, parts: GPUBuffer, nParts: number, out: GPUBuffer,
   g.dispatch(FINISH_SCALE, [{ buffer: parts, size: nParts * 4 }, { buffer: out, size: 4 }], u, [1, 1, 1]);
 }
 
-/** From nParts vec2 partials (num, den): out[0] = num / den and aux[0] = den. */
+/** From nParts vec4 partials (num, den, invalid count, unused): out[0] = num / den (NaN if any invalid), aux[0] = den. */
 export function finishRatio(g: Gpu, parts: GPUBuffer, nParts: number, out: GPUBuffer, aux: GPUBuffer) {
-  const binds = [{ buffer: parts, size: nParts * 8 }, { buffer: out, size: 4 }, { buffer: aux, size: 4 }];
+  const binds = [{ buffer: parts, size: nParts * 16 }, { buffer: out, size: 4 }, { buffer: aux, size: 4 }];
   g.dispatch(FINISH_RATIO, binds, new Uint32Array([nParts, 0, 0, 0]), [1, 1, 1]);
 }
 

@@ -25,19 +25,15 @@ export function argmax(logits: Tensor): Tensor {
 /**
  * torch.nn.CrossEntropyLoss(weight=weights) with mean reduction: sum_v w[y_v] * -log_softmax(x_v)[y_v] / sum_v w[y_v].
  * logits [N, C, D, H, W] f32, labels [N, D, H, W] u32 in 0..C-1. Returns a scalar [1]. The labels live on the GPU,
- * so an out-of-range label is not thrown here: it makes the loss (and the logits' gradient there) NaN.
+ * so an out-of-range label is not thrown here: it makes the loss NaN (and the logits' gradient at that voxel).
  */
 export function crossEntropy(logits: Tensor, labels: Tensor, weights: number[]): Tensor {
   const g = logits.gpu;
-  const [N, , D, H, W] = logits.shape;
-  if (labels.dtype !== "u32" || labels.shape.join() !== [N, D, H, W].join()) {
+  S.channelShape("crossEntropy", logits.shape);
+  const [N, , D, H, W] = logits.shape, want = [N, D, H, W];
+  if (labels.dtype !== "u32" || labels.shape.join() !== want.join()) {
     throw new Error(
-      `crossEntropy: labels [${labels.shape}] ${labels.dtype} must be u32 [${[
-        N,
-        D,
-        H,
-        W,
-      ]}] for logits [${logits.shape}]`,
+      `crossEntropy: labels [${labels.shape}] ${labels.dtype} must be u32 [${want}] for logits [${logits.shape}]`,
     );
   }
   const loss = Tensor.empty(g, [1]);
