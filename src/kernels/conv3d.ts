@@ -1,0 +1,587 @@
+// 3D convolution with PyTorch Conv3d semantics: forward, input/weight/bias gradients, float64 CPU references.
+//
+// Layouts (f32 row-major): x [N,Cin,D,H,W] and y [N,Cout,OD,OH,OW] (NCDHW), w [Cout,Cin,k,k,k], b [Cout].
+// Supported (k, stride, pad): (3,1,1), (1,1,0), (4,2,1), (4,1,1); bias optional. OD = floor((D + 2p - k) / s) + 1.
+// Backward reads the forward input x (for dw) and the weights w (for dx); nothing else is saved. Every gradient is
+// assigned (written whole into its output buffer), never accumulated.
+//
+// Kernels:
+// - conv3d_gather computes out[oc, o] = sum_ic sum_u W(oc, ic, u) * in[ic, o*S - pad + u] over a T^3 tap cube.
+//   Forward: in = x, W = w, S = stride. Input gradient (transposed conv): for stride s, dx splits by the parity r of
+//   each coordinate (id = s*m + r) into s^3 dense stride-1 sub-convs over dy with T = ceil(k/s) taps per dimension;
+//   tap u reads dy[m - pad' + u] with kernel index kd = r + p + s*pad' - s*u, pad' = floor((k-1-r-p)/s), and the
+//   result lands in dx[s*m + r]. Each thread owns VW consecutive outputs along W x 4*COV output channels in named
+//   vec4 accumulators; each input row is loaded once per (channel, kd, kh) and reused across kw and voxels; weights
+//   for CIT input channels are staged in workgroup memory. Coordinates are computed once per thread.
+// - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
+//   channels, stages dy row segments in workgroup memory, and each thread accumulates k kw-taps of one (ci, kd, kh)
+//   into partials [chunk][Cout][Cin][k^3]; conv3d_sum_parts then sums the partials.
+// - conv3d_db: one workgroup per dy channel plane sums it into partials [N][Cout]; conv3d_sum_parts sums over N.
+//
+// Tensors larger than one storage binding: channel planes are bound in windows (planeChunks); the gather kernel
+// sums over input-channel windows by accumulating into its output (the first window assigns, adding the bias).
+
+import { type Gpu, grid1d, type Kernel, planeChunks } from "./device.ts";
+
+/** Validated geometry of one convolution. */
+export interface Conv3dShape {
+  n: number;
+  cin: number;
+  cout: number;
+  d: number;
+  h: number;
+  w: number;
+  k: number;
+  stride: number;
+  pad: number;
+  od: number;
+  oh: number;
+  ow: number;
+}
+
+const SUPPORTED = [[3, 1, 1], [1, 1, 0], [4, 2, 1], [4, 1, 1]];
+
+/** Checks shapes and the (k, stride, pad) combination; the error names every shape involved. */
+export function conv3dShape(
+  x: readonly number[],
+  w: readonly number[],
+  b: readonly number[] | null,
+  stride: number,
+  pad: number,
+): Conv3dShape {
+  const what = () => `conv3d: x [${x}], weight [${w}], bias ${b ? `[${b}]` : "none"}, stride ${stride}, pad ${pad}`;
+  if (x.length !== 5 || w.length !== 5) throw new Error(`${what()}: x and weight must be 5-D (NCDHW, OIDHW)`);
+  const [n, cin, d, h, wd] = x;
+  const [cout, wcin, k] = w;
+  if (w[3] !== k || w[4] !== k) throw new Error(`${what()}: the kernel must be cubic`);
+  if (wcin !== cin) throw new Error(`${what()}: weight has ${wcin} input channels, x has ${cin}`);
+  if (b && (b.length !== 1 || b[0] !== cout)) throw new Error(`${what()}: bias must be [${cout}]`);
+  if (!SUPPORTED.some(([sk, ss, sp]) => sk === k && ss === stride && sp === pad)) {
+    throw new Error(
+      `${what()}: unsupported (kernel ${k}, stride ${stride}, pad ${pad}); supported are ` +
+        SUPPORTED.map(([a, s, p]) => `(${a},${s},${p})`).join(" "),
+    );
+  }
+  const out = (v: number) => Math.floor((v + 2 * pad - k) / stride) + 1;
+  const [od, oh, ow] = [out(d), out(h), out(wd)];
+  if (n < 1 || cin < 1 || cout < 1 || od < 1 || oh < 1 || ow < 1) {
+    throw new Error(`${what()}: empty input or output [${n},${cout},${od},${oh},${ow}]`);
+  }
+  return { n, cin, cout, d, h, w: wd, k, stride, pad, od, oh, ow };
+}
+
+// ---- gather convolution (forward and input gradient) ----
+
+const VW = 4; // outputs per thread along W
+const WX = 8, WY = 8; // workgroup: 8 W-tiles x 8 rows, one (od, channel block) per workgroup
+
+function gatherKernel(t: number, s: number, cov: number): Kernel {
+  const t2 = t * t, t3 = t2 * t;
+  const cit = Math.max(1, Math.min(16, Math.floor(512 / (t3 * cov)))); // staged weights <= 8 KiB
+  const ncol = s * (VW - 1) + t;
+  const stage = cit * t3 * cov * 4;
+  let setup = "";
+  for (let a = 0; a < t; a++) {
+    setup += `let zd${a} = id0 + ${a}; let okd${a} = zd${a} >= 0 && zd${a} < u.inD;\n`;
+    setup += `let zh${a} = ih0 + ${a}; let okh${a} = zh${a} >= 0 && zh${a} < u.inH;\n`;
+  }
+  for (let a = 0; a < t; a++) {
+    for (let c = 0; c < t; c++) {
+      setup += `let ok${a}_${c} = okd${a} && okh${c}; let ro${a}_${c} = (zd${a} * u.inH + zh${c}) * u.inW + iw0;\n`;
+    }
+  }
+  for (let j = 0; j < ncol; j++) setup += `let okw${j} = iw0 + ${j} >= 0 && iw0 + ${j} < u.inW;\n`;
+  const accs: string[] = [];
+  for (let v = 0; v < VW; v++) for (let c = 0; c < cov; c++) accs.push(`a${v}_${c}`);
+  let inner = "";
+  for (let a = 0; a < t; a++) {
+    for (let c = 0; c < t; c++) {
+      inner += `{ let rb = xb + ro${a}_${c};\n`;
+      for (let j = 0; j < ncol; j++) {
+        inner += `  let x${j} = select(0.0, X[u32(rb + ${j})], ok${a}_${c} && okw${j});\n`;
+      }
+      for (let kw = 0; kw < t; kw++) {
+        for (let cv = 0; cv < cov; cv++) {
+          inner += `  let w${kw}_${cv} = ws[wb + ${((a * t + c) * t + kw) * cov + cv}u];\n`;
+          for (let v = 0; v < VW; v++) {
+            inner += `  a${v}_${cv} = fma(vec4f(x${s * v + kw}), w${kw}_${cv}, a${v}_${cv});\n`;
+          }
+        }
+      }
+      inner += "}\n";
+    }
+  }
+  let stores = "";
+  for (let v = 0; v < VW; v++) {
+    stores += `if (ow0 + ${v}u < u.outW) { let yi = ybase + (ow0 + ${v}u) * u.outStep;\n`;
+    for (let cv = 0; cv < cov; cv++) {
+      for (let q = 0; q < 4; q++) {
+        stores += `  store(yi, cb * ${4 * cov}u + ${cv * 4 + q}u, a${v}_${cv}[${q}]);\n`;
+      }
+    }
+    stores += "}\n";
+  }
+  return {
+    name: `conv3d_gather_t${t}_s${s}_c${cov}`,
+    wgsl: `
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> Wt: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+struct U {
+  inD: i32, inH: i32, inW: i32, inPlane: u32,
+  outD: u32, outH: u32, outW: u32, nci: u32,
+  outRow: u32, outSlice: u32, outPlane: u32, outStep: u32,
+  rd: u32, rh: u32, rw: u32, nco: u32,
+  padD: i32, padH: i32, padW: i32, xShift: u32,
+  ciBase: u32, coBase: u32, yShift: u32, k: i32,
+  wOC: u32, wIC: u32, tapStep: i32, flags: u32, // flags: 1 = add bias, 2 = accumulate into Y
+  tapD: i32, tapH: i32, tapW: i32, pad0: u32,
+}
+@group(0) @binding(4) var<uniform> u: U;
+var<workgroup> ws: array<vec4f, ${stage / 4}>; // [CIT][tap][COV] x 4 output channels
+
+fn store(yi: u32, oc: u32, v: f32) {
+  if (oc >= u.nco) { return; }
+  var r = v;
+  if ((u.flags & 1u) != 0u) { r += B[u.coBase + oc]; }
+  let i = yi + oc * u.outPlane;
+  if ((u.flags & 2u) != 0u) { r += Y[i]; }
+  Y[i] = r;
+}
+
+@compute @workgroup_size(${WX}, ${WY}, 1)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let cb = wg.z / u.outD;
+  let od = wg.z - cb * u.outD;
+  let oh = gid.y;
+  let ow0 = gid.x * ${VW}u;
+  let id0 = i32(od) * ${s} - u.padD;
+  let ih0 = i32(oh) * ${s} - u.padH;
+  let iw0 = i32(ow0) * ${s} - u.padW;
+  ${setup}
+  ${accs.map((a) => `var ${a} = vec4f(0.0);`).join(" ")}
+  for (var ci0 = 0u; ci0 < u.nci; ci0 += ${cit}u) {
+    for (var e = lid; e < ${stage}u; e += ${WX * WY}u) {
+      let q = e % 4u;
+      let cv = (e / 4u) % ${cov}u;
+      let tap = (e / ${4 * cov}u) % ${t3}u;
+      let ic = ci0 + e / ${4 * cov * t3}u;
+      let oc = cb * ${4 * cov}u + cv * 4u + q;
+      var v = 0.0;
+      if (oc < u.nco && ic < u.nci) {
+        let kd = u.tapD + u.tapStep * i32(tap / ${t2}u);
+        let kh = u.tapH + u.tapStep * i32((tap / ${t}u) % ${t}u);
+        let kw = u.tapW + u.tapStep * i32(tap % ${t}u);
+        v = Wt[(u.coBase + oc) * u.wOC + (u.ciBase + ic) * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
+      }
+      ws[e / 4u][q] = v;
+    }
+    workgroupBarrier();
+    let nc = min(${cit}u, u.nci - ci0);
+    for (var cil = 0u; cil < nc; cil++) {
+      let xb = i32(u.xShift + (ci0 + cil) * u.inPlane);
+      let wb = cil * ${t3 * cov}u;
+      ${inner}
+    }
+    workgroupBarrier();
+  }
+  if (oh >= u.outH) { return; }
+  let ybase = u.yShift + (od * u.outStep + u.rd) * u.outSlice + (oh * u.outStep + u.rh) * u.outRow + u.rw;
+  ${stores}
+}`,
+  };
+}
+
+/** Windows over `planes` channel planes starting at plane `base` of a buffer (planeChunks, shifted to `base`). */
+function windows(g: Gpu, base: number, planes: number, planeElems: number) {
+  return planeChunks(g, planes, planeElems).map((c) => {
+    const start = (base + c.first) * planeElems * 4;
+    const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
+    const shift = (start - offset) / 4;
+    return { first: c.first, count: c.count, offset, shift, size: (shift + c.count * planeElems) * 4 };
+  });
+}
+
+interface Gather {
+  n: number;
+  src: GPUBuffer;
+  srcC: number;
+  srcDims: number[]; // [D, H, W] of the source
+  dst: GPUBuffer;
+  dstC: number;
+  dstDims: number[]; // full [D, H, W] of the destination
+  w: GPUBuffer;
+  b: GPUBuffer | null;
+  k: number;
+  taps: number; // T
+  stride: number; // S, input step per output
+  wOC: number; // weight strides of a destination and a source channel
+  wIC: number;
+  /** Per parity class: sub-grid size, offset in the destination, pads, tap constants (kd = tap + tapStep*u). */
+  classes: { size: number[]; r: number[]; pad: number[]; tap: number[] }[];
+  outStep: number;
+  tapStep: number;
+}
+
+function gather(g: Gpu, p: Gather) {
+  const cov = p.dstC <= 4 ? 1 : 2;
+  const kernel = gatherKernel(p.taps, p.stride, cov);
+  const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
+  const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
+  const u = new Int32Array(32);
+  for (let n = 0; n < p.n; n++) {
+    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane)) {
+      const blocks = Math.ceil(ow.count / (4 * cov));
+      const ins = windows(g, n * p.srcC, p.srcC, srcPlane);
+      for (const c of p.classes) {
+        const [od, oh, owd] = c.size;
+        if (od * oh * owd === 0) continue;
+        if (od * blocks > g.maxWorkgroupsPerDim) {
+          throw new Error(`conv3d: ${od} output slices x ${blocks} channel blocks exceed one dispatch dimension`);
+        }
+        ins.forEach((iw, i) => {
+          u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
+          u.set([...c.r, ow.count, ...c.pad, iw.shift, iw.first, ow.first, ow.shift, p.k], 12);
+          const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
+          u.set([p.wOC, p.wIC, p.tapStep, flags, ...c.tap, 0], 24);
+          g.dispatch(
+            kernel,
+            [
+              { buffer: p.src, offset: iw.offset, size: iw.size },
+              { buffer: p.w },
+              { buffer: p.b ?? p.w },
+              { buffer: p.dst, offset: ow.offset, size: ow.size },
+            ],
+            u,
+            [Math.ceil(owd / (VW * WX)), Math.ceil(oh / WY), od * blocks],
+          );
+        });
+      }
+    }
+  }
+}
+
+/** y = conv3d(x, w) + b. Buffers hold s's tensors; b may be null. */
+export function conv3dForward(
+  g: Gpu,
+  s: Conv3dShape,
+  x: GPUBuffer,
+  w: GPUBuffer,
+  b: GPUBuffer | null,
+  y: GPUBuffer,
+) {
+  gather(g, {
+    n: s.n,
+    src: x,
+    srcC: s.cin,
+    srcDims: [s.d, s.h, s.w],
+    dst: y,
+    dstC: s.cout,
+    dstDims: [s.od, s.oh, s.ow],
+    w,
+    b,
+    k: s.k,
+    taps: s.k,
+    stride: s.stride,
+    wOC: s.cin * s.k ** 3,
+    wIC: s.k ** 3,
+    classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],
+    outStep: 1,
+    tapStep: 1,
+  });
+}
+
+/** dx (assigned) from dy and w: the transposed convolution, one dense sub-convolution per output parity class. */
+export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GPUBuffer, dx: GPUBuffer) {
+  const st = s.stride;
+  const classes = [];
+  for (let q = 0; q < st ** 3; q++) {
+    const r = [Math.floor(q / (st * st)), Math.floor(q / st) % st, q % st];
+    const pad = r.map((ri) => Math.floor((s.k - 1 - ri - s.pad) / st));
+    classes.push({
+      size: [s.d, s.h, s.w].map((dim, i) => Math.ceil((dim - r[i]) / st)),
+      r,
+      pad,
+      tap: r.map((ri, i) => ri + s.pad + st * pad[i]),
+    });
+  }
+  gather(g, {
+    n: s.n,
+    src: dy,
+    srcC: s.cout,
+    srcDims: [s.od, s.oh, s.ow],
+    dst: dx,
+    dstC: s.cin,
+    dstDims: [s.d, s.h, s.w],
+    w,
+    b: null,
+    k: s.k,
+    taps: Math.ceil(s.k / st),
+    stride: 1,
+    wOC: s.k ** 3,
+    wIC: s.cin * s.k ** 3,
+    classes,
+    outStep: st,
+    tapStep: -st,
+  });
+}
+
+// ---- weight and bias gradients ----
+
+const SEG = 64; // dy row segment staged per step
+const DW_COV = 2; // 8 output channels per workgroup
+
+function dwKernel(k: number, s: number): Kernel {
+  const k2 = k * k, k3 = k2 * k;
+  let load = "", body = "", stores = "";
+  for (let c = 0; c < DW_COV; c++) load += `let d${c} = dys[j * ${DW_COV}u + ${c}u];\n`;
+  for (let kw = 0; kw < k; kw++) {
+    body += `{ let iw = iw0 + ${kw}; let xv = select(0.0, X[u32(xb + iw)], rowok && iw >= 0 && iw < u.W);\n`;
+    for (let c = 0; c < DW_COV; c++) body += `  a${kw}_${c} = fma(vec4f(xv), d${c}, a${kw}_${c});\n`;
+    body += "}\n";
+    for (let c = 0; c < DW_COV; c++) {
+      for (let q = 0; q < 4; q++) {
+        stores += `put(pb, cb * ${4 * DW_COV}u + ${c * 4 + q}u, ${kw}u, a${kw}_${c}[${q}]);\n`;
+      }
+    }
+  }
+  const accs = [];
+  for (let kw = 0; kw < k; kw++) for (let c = 0; c < DW_COV; c++) accs.push(`var a${kw}_${c} = vec4f(0.0);`);
+  return {
+    name: `conv3d_dw_k${k}_s${s}`,
+    wgsl: `
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> DY: array<f32>;
+@group(0) @binding(2) var<storage, read_write> P: array<f32>;
+struct U {
+  D: i32, H: i32, W: i32, inPlane: u32,
+  OH: u32, OW: u32, outPlane: u32, rows: u32,
+  rowsPer: u32, nci: u32, nco: u32, xShift: u32,
+  yShift: u32, ciBase: u32, coBase: u32, part0: u32,
+  cin: u32, cout: u32, pad: i32, pad0: u32,
+}
+@group(0) @binding(3) var<uniform> u: U;
+var<workgroup> dys: array<vec4f, ${SEG * DW_COV}>; // [SEG voxels][COV] x 4 output channels
+
+fn put(pb: u32, oc: u32, kw: u32, v: f32) {
+  if (oc < u.nco) { P[pb + oc * u.cin * ${k3}u + kw] = v; }
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let q = wg.x * 64u + lid;
+  let ci = q / ${k2}u;
+  let kd = i32((q / ${k}u) % ${k}u);
+  let kh = i32(q % ${k}u);
+  let cb = wg.y;
+  let r0 = wg.z * u.rowsPer;
+  let r1 = min(r0 + u.rowsPer, u.rows);
+  ${accs.join(" ")}
+  for (var r = r0; r < r1; r++) {
+    let od = r / u.OH;
+    let oh = r - od * u.OH;
+    let id = i32(od) * ${s} - u.pad + kd;
+    let ih = i32(oh) * ${s} - u.pad + kh;
+    let rowok = ci < u.nci && id >= 0 && id < u.D && ih >= 0 && ih < u.H;
+    let xb = i32(u.xShift + ci * u.inPlane) + (id * u.H + ih) * u.W;
+    let yb = u.yShift + r * u.OW;
+    for (var s0 = 0u; s0 < u.OW; s0 += ${SEG}u) {
+      for (var e = lid; e < ${SEG * DW_COV * 4}u; e += 64u) {
+        let j = e % ${SEG}u;
+        let c = e / ${SEG}u;
+        let oc = cb * ${4 * DW_COV}u + c;
+        var v = 0.0;
+        if (s0 + j < u.OW && oc < u.nco) { v = DY[yb + oc * u.outPlane + s0 + j]; }
+        dys[j * ${DW_COV}u + c / 4u][c % 4u] = v;
+      }
+      workgroupBarrier();
+      let ns = min(${SEG}u, u.OW - s0);
+      for (var j = 0u; j < ns; j++) {
+        let iw0 = i32(s0 + j) * ${s} - u.pad;
+        ${load}
+        ${body}
+      }
+      workgroupBarrier();
+    }
+  }
+  if (ci >= u.nci) { return; }
+  let pb = (u.part0 + wg.z) * u.cout * u.cin * ${k3}u + u.coBase * u.cin * ${k3}u + (u.ciBase + ci) * ${k3}u +
+    u32(kd * ${k2} + kh * ${k});
+  ${stores}
+}`,
+  };
+}
+
+const SUM_PARTS: Kernel = {
+  name: "conv3d_sum_parts",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read_write> O: array<f32>;
+struct U { m: u32, parts: u32, gridx: u32, pad0: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3u) {
+  let i = id.x + id.y * u.gridx * 256u;
+  if (i >= u.m) { return; }
+  var s = 0.0;
+  for (var p = 0u; p < u.parts; p++) { s += P[p * u.m + i]; }
+  O[i] = s;
+}`,
+};
+
+function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number) {
+  const grid = grid1d(g, Math.ceil(m / 256));
+  g.dispatch(
+    SUM_PARTS,
+    [{ buffer: parts, size: m * count * 4 }, { buffer: out, size: m * 4 }],
+    new Uint32Array([m, count, grid[0], 0]),
+    grid,
+  );
+}
+
+/** dw (assigned) = sum over batch and output voxels of dy (x) shifted x: split-K partials, then a sum. */
+export function conv3dBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPUBuffer, dw: GPUBuffer) {
+  const k3 = s.k ** 3, m = s.cout * s.cin * k3;
+  const rows = s.od * s.oh;
+  const maxParts = Math.floor(g.maxBinding / (m * 4));
+  if (maxParts < s.n) throw new Error(`conv3d: weight gradient partials of ${m * 4} bytes x ${s.n} exceed a binding`);
+  const chunks = Math.max(1, Math.min(rows, 64, Math.floor(maxParts / s.n)));
+  const rowsPer = Math.ceil(rows / chunks);
+  const used = Math.ceil(rows / rowsPer);
+  const parts = g.alloc(m * s.n * used * 4);
+  const kernel = dwKernel(s.k, s.stride);
+  const inPlane = s.d * s.h * s.w, outPlane = s.od * s.oh * s.ow;
+  const u = new Int32Array(20);
+  for (let n = 0; n < s.n; n++) {
+    for (const xw of windows(g, n * s.cin, s.cin, inPlane)) {
+      for (const yw of windows(g, n * s.cout, s.cout, outPlane)) {
+        u.set([s.d, s.h, s.w, inPlane, s.oh, s.ow, outPlane, rows, rowsPer, xw.count, yw.count, xw.shift]);
+        u.set([yw.shift, xw.first, yw.first, n * used, s.cin, s.cout, s.pad, 0], 12);
+        g.dispatch(
+          kernel,
+          [
+            { buffer: x, offset: xw.offset, size: xw.size },
+            { buffer: dy, offset: yw.offset, size: yw.size },
+            { buffer: parts, size: m * s.n * used * 4 },
+          ],
+          u,
+          [Math.ceil(xw.count * s.k * s.k / 64), Math.ceil(yw.count / (4 * DW_COV)), used],
+        );
+      }
+    }
+  }
+  sumParts(g, parts, dw, m, s.n * used);
+  g.free(parts);
+}
+
+const DB: Kernel = {
+  name: "conv3d_db",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> DY: array<f32>;
+@group(0) @binding(1) var<storage, read_write> P: array<f32>;
+struct U { plane: u32, shift: u32, out: u32, pad0: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let base = u.shift + wg.x * u.plane;
+  var s = 0.0;
+  for (var i = lid; i < u.plane; i += 256u) { s += DY[base + i]; }
+  red[lid] = s;
+  workgroupBarrier();
+  for (var h = 128u; h > 0u; h >>= 1u) {
+    if (lid < h) { red[lid] += red[lid + h]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { P[u.out + wg.x] = red[0]; }
+}`,
+};
+
+/** db (assigned) = sum of dy over batch and voxels, per output channel. */
+export function conv3dBackwardBias(g: Gpu, s: Conv3dShape, dy: GPUBuffer, db: GPUBuffer) {
+  const plane = s.od * s.oh * s.ow;
+  const parts = g.alloc(s.n * s.cout * 4);
+  for (let n = 0; n < s.n; n++) {
+    for (const yw of windows(g, n * s.cout, s.cout, plane)) {
+      g.dispatch(
+        DB,
+        [{ buffer: dy, offset: yw.offset, size: yw.size }, { buffer: parts }],
+        new Uint32Array([plane, yw.shift, n * s.cout + yw.first, 0]),
+        [yw.count, 1, 1],
+      );
+    }
+  }
+  sumParts(g, parts, db, s.cout, s.n);
+  g.free(parts);
+}
+
+// ---- CPU references (float64) ----
+
+function forEachTap(
+  s: Conv3dShape,
+  fn: (oi: number, xi: number, wi: number) => void,
+) {
+  const { n: N, cin, cout, d, h, w, k, stride, pad, od, oh, ow } = s;
+  const k3 = k ** 3;
+  for (let n = 0; n < N; n++) {
+    for (let co = 0; co < cout; co++) {
+      for (let z = 0; z < od; z++) {
+        for (let y = 0; y < oh; y++) {
+          for (let x = 0; x < ow; x++) {
+            const oi = (((n * cout + co) * od + z) * oh + y) * ow + x;
+            for (let ci = 0; ci < cin; ci++) {
+              for (let kd = 0; kd < k; kd++) {
+                const iz = z * stride - pad + kd;
+                if (iz < 0 || iz >= d) continue;
+                for (let kh = 0; kh < k; kh++) {
+                  const iy = y * stride - pad + kh;
+                  if (iy < 0 || iy >= h) continue;
+                  for (let kw = 0; kw < k; kw++) {
+                    const ix = x * stride - pad + kw;
+                    if (ix < 0 || ix >= w) continue;
+                    fn(
+                      oi,
+                      (((n * cin + ci) * d + iz) * h + iy) * w + ix,
+                      (co * cin + ci) * k3 + (kd * k + kh) * k + kw,
+                    );
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+export function conv3dRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | null,
+  s: Conv3dShape,
+): Float64Array {
+  const plane = s.od * s.oh * s.ow;
+  const y = new Float64Array(s.n * s.cout * plane);
+  if (b) { for (let i = 0; i < y.length; i++) y[i] = b[Math.floor(i / plane) % s.cout]; }
+  forEachTap(s, (oi, xi, wi) => y[oi] += w[wi] * x[xi]);
+  return y;
+}
+
+export function conv3dBackwardRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  s: Conv3dShape,
+): { dx: Float64Array; dw: Float64Array; db: Float64Array } {
+  const dx = new Float64Array(x.length), dw = new Float64Array(w.length), db = new Float64Array(s.cout);
+  const plane = s.od * s.oh * s.ow;
+  for (let i = 0; i < dy.length; i++) db[Math.floor(i / plane) % s.cout] += dy[i];
+  forEachTap(s, (oi, xi, wi) => {
+    dx[xi] += w[wi] * dy[oi];
+    dw[wi] += x[xi] * dy[oi];
+  });
+  return { dx, dw, db };
+}

@@ -1,0 +1,31 @@
+// Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts).
+import * as K from "../../kernels/conv3d.ts";
+import { record, Tensor } from "../tensor.ts";
+
+/**
+ * y = conv3d(x, w) + b for x [N,Cin,D,H,W], w [Cout,Cin,k,k,k], b [Cout] or null. Backward computes only the
+ * gradients whose inputs require grad (new tensors, assigned).
+ */
+export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, stride: 1 | 2, pad: number): Tensor {
+  const s = K.conv3dShape(x.shape, w.shape, b?.shape ?? null, stride, pad);
+  const g = x.gpu;
+  const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
+  K.conv3dForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer);
+  record(y, b ? [x, w, b] : [x, w], (dy) => {
+    let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
+    if (x.requiresGrad) {
+      dx = Tensor.empty(g, x.shape);
+      K.conv3dBackwardInput(g, s, dy.buffer, w.buffer, dx.buffer);
+    }
+    if (w.requiresGrad) {
+      dw = Tensor.empty(g, w.shape);
+      K.conv3dBackwardWeight(g, s, x.buffer, dy.buffer, dw.buffer);
+    }
+    if (b?.requiresGrad) {
+      db = Tensor.empty(g, b.shape);
+      K.conv3dBackwardBias(g, s, dy.buffer, db.buffer);
+    }
+    return [dx, dw, db];
+  });
+  return y;
+}

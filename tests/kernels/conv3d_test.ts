@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import * as K from "../../src/kernels/conv3d.ts";
+import { conv3d } from "../../src/nn/ops/conv.ts";
+import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
+import { assertClose, finiteDiff, rand, testGpu } from "../util.ts";
+
+// The four supported (k, stride, pad) variants, each with the bias setting the networks use.
+const VARIANTS = [
+  { k: 3, stride: 1 as const, pad: 1, bias: true },
+  { k: 3, stride: 1 as const, pad: 1, bias: false },
+  { k: 1, stride: 1 as const, pad: 0, bias: true },
+  { k: 4, stride: 2 as const, pad: 1, bias: true },
+  { k: 4, stride: 1 as const, pad: 1, bias: false },
+];
+
+const name = (v: typeof VARIANTS[0]) => `${v.k}x${v.k}x${v.k} stride ${v.stride} pad ${v.pad}${v.bias ? " bias" : ""}`;
+
+for (const v of VARIANTS) {
+  Deno.test(`conv3dBackwardRef matches finite differences (${name(v)})`, () => {
+    const xs = [1, 2, 4, 3, 5], ws = [3, 2, v.k, v.k, v.k];
+    const s = K.conv3dShape(xs, ws, v.bias ? [3] : null, v.stride, v.pad);
+    const x = rand(xs.reduce((a, b) => a * b), 1), w = rand(ws.reduce((a, b) => a * b), 2), b = rand(3, 3);
+    const dy = rand(s.n * s.cout * s.od * s.oh * s.ow, 4);
+    const { dx, dw, db } = K.conv3dBackwardRef(x, w, dy, s);
+    assertClose(dx, finiteDiff((xv) => K.conv3dRef(xv, w, b, s), x, dy), 1e-7, "dx");
+    assertClose(dw, finiteDiff((wv) => K.conv3dRef(x, wv, b, s), w, dy), 1e-7, "dw");
+    assertClose(db, finiteDiff((bv) => K.conv3dRef(x, w, bv, s), b, dy), 1e-7, "db");
+  });
+}
+
+/** Runs conv3d forward and backward on the GPU (every input requiring grad) and compares with the CPU refs. */
+async function checkGpu(
+  xs: number[],
+  cout: number,
+  v: { k: number; stride: 1 | 2; pad: number; bias: boolean },
+  tol = 1e-5,
+) {
+  const g = await testGpu();
+  await scope(async () => {
+    const ws = [cout, xs[1], v.k, v.k, v.k];
+    const s = K.conv3dShape(xs, ws, v.bias ? [cout] : null, v.stride, v.pad);
+    const xv = rand(xs.reduce((a, b) => a * b), 11), wv = rand(ws.reduce((a, b) => a * b), 12), bv = rand(cout, 13);
+    const dyv = rand(s.n * s.cout * s.od * s.oh * s.ow, 14);
+    const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), b = v.bias ? Tensor.from(g, [cout], bv) : null;
+    for (const t of [x, w, b]) if (t) t.requiresGrad = true;
+    const y = conv3d(x, w, b, v.stride, v.pad);
+    assert.deepEqual(y.shape, [s.n, s.cout, s.od, s.oh, s.ow]);
+    backward(y, Tensor.from(g, y.shape, dyv));
+    const [yg, dx, dw, db] = await readAll([y, x.grad!, w.grad!, ...(b ? [b.grad!] : [])]);
+    const ref = K.conv3dBackwardRef(xv, wv, dyv, s);
+    assertClose(yg, K.conv3dRef(xv, wv, v.bias ? bv : null, s), tol, "forward");
+    assertClose(dx, ref.dx, tol, "dx");
+    assertClose(dw, ref.dw, tol, "dw");
+    if (b) assertClose(db, ref.db, tol, "db");
+    for (const t of [x, w, b]) t?.grad?.dispose();
+  });
+}
+
+for (const v of VARIANTS) {
+  Deno.test(`conv3d GPU forward and gradients match the CPU reference, N=2, 3->5, 5x7x6 (${name(v)})`, async () => {
+    await checkGpu([2, 3, 5, 7, 6], 5, v);
+  });
+}
+
+Deno.test("conv3d GPU: several channel blocks and staging chunks (10->9), odd sizes, stride 2 on odd sizes", async () => {
+  await checkGpu([1, 10, 7, 5, 9], 9, VARIANTS[0]);
+  await checkGpu([1, 10, 7, 5, 9], 9, VARIANTS[3]);
+});
+
+Deno.test("conv3d GPU: rows wider than one workgroup tile and one dy segment (W=70), single channels", async () => {
+  await checkGpu([1, 1, 3, 2, 70], 1, VARIANTS[0]);
+  await checkGpu([1, 2, 3, 4, 70], 1, VARIANTS[4]);
+});
+
+Deno.test("conv3d splits channel planes over binding windows when the binding limit is lowered", async () => {
+  const g = await testGpu();
+  // One 8x9x10 plane is 2880 bytes: windows hold two channel planes (3 = 2+1, 5 = 2+2+1, at unaligned starts);
+  // the 4x4x4 weight-gradient partials (2 x 3840 bytes) still fit one binding.
+  g.setMaxBindingForTests(8192);
+  try {
+    await checkGpu([2, 3, 8, 9, 10], 5, VARIANTS[0]);
+    await checkGpu([2, 3, 8, 9, 10], 5, VARIANTS[3]);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+});
+
+Deno.test("conv3d backward computes only the gradients that are needed", async () => {
+  const g = await testGpu();
+  await scope(async () => {
+    const xv = rand(54, 1), wv = rand(108, 2), dyv = rand(54, 3);
+    const x = Tensor.from(g, [1, 2, 3, 3, 3], xv);
+    const w = Tensor.from(g, [2, 2, 3, 3, 3], wv);
+    const b = Tensor.from(g, [2], [0.5, -0.5]);
+    w.requiresGrad = true;
+    const y = conv3d(x, w, b, 1, 1);
+    let grads: (Tensor | null)[] = [];
+    const inner = y.node!.backward;
+    y.node!.backward = (dy) => grads = inner(dy);
+    backward(y, Tensor.from(g, y.shape, dyv));
+    assert.equal(grads[0], null);
+    assert.ok(grads[1] instanceof Tensor);
+    assert.equal(grads[2], null);
+    const s = K.conv3dShape(x.shape, w.shape, b.shape, 1, 1);
+    assertClose(await w.grad!.toArray(), K.conv3dBackwardRef(xv, wv, dyv, s).dw, 1e-5, "dw");
+    w.grad!.dispose();
+  });
+});
+
+Deno.test("conv3dShape rejects unsupported combinations and mismatched shapes, naming the shapes", () => {
+  assert.throws(
+    () => K.conv3dShape([1, 2, 8, 8, 8], [4, 2, 3, 3, 3], null, 2, 1),
+    /x \[1,2,8,8,8\], weight \[4,2,3,3,3\].*unsupported \(kernel 3, stride 2, pad 1\)/,
+  );
+  assert.throws(
+    () => K.conv3dShape([1, 2, 8, 8, 8], [4, 3, 3, 3, 3], null, 1, 1),
+    /weight \[4,3,3,3,3\].*3 input channels, x has 2/,
+  );
+  assert.throws(() => K.conv3dShape([1, 2, 8, 8, 8], [4, 2, 3, 3, 3], [3], 1, 1), /bias \[3\].*bias must be \[4\]/);
+  assert.throws(() => K.conv3dShape([2, 8, 8, 8], [4, 2, 3, 3, 3], null, 1, 1), /x \[2,8,8,8\].*5-D/);
+  assert.throws(() => K.conv3dShape([1, 2, 8, 8, 8], [4, 2, 3, 3, 2], null, 1, 1), /cubic/);
+  assert.throws(
+    () => K.conv3dShape([1, 2, 1, 8, 8], [4, 2, 4, 4, 4], null, 1, 1),
+    /empty input or output \[1,4,0,7,7\]/,
+  );
+});
