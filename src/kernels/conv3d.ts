@@ -14,8 +14,9 @@
 //   vec4 accumulators; each input row is loaded once per (channel, kd, kh) and reused across kw and voxels; weights
 //   for CIT input channels are staged in workgroup memory. Coordinates are computed once per thread.
 // - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
-//   channels, stages dy row segments in workgroup memory, and each thread accumulates k kw-taps of one (ci, kd, kh)
-//   into partials [chunk][Cout][Cin][k^3]; conv3d_sum_parts then sums the partials.
+//   channels, stages dy row segments in workgroup memory, and each thread accumulates the k kw-taps of one
+//   (ci, kd, kh), four voxels per step sharing their x loads, into partials [N*chunks][Cout][Cin][k^3];
+//   conv3d_sum_parts then sums the partials.
 // - conv3d_db: one workgroup per dy channel plane sums it into partials [N][Cout]; conv3d_sum_parts sums over N.
 //
 // Tensors larger than one storage binding: channel planes are bound in windows (planeChunks); the gather kernel
@@ -332,15 +333,23 @@ export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GP
 
 const SEG = 64; // dy row segment staged per step
 const DW_COV = 2; // 8 output channels per workgroup
+const DW_JV = 4; // voxels per inner step (divides SEG)
 
 function dwKernel(k: number, s: number): Kernel {
   const k2 = k * k, k3 = k2 * k;
-  let load = "", body = "", stores = "";
-  for (let c = 0; c < DW_COV; c++) load += `let d${c} = dys[j * ${DW_COV}u + ${c}u];\n`;
+  // Per step JV voxels: (JV-1)*s + k x values serve JV x k taps.
+  let body = "", stores = "";
+  for (let j = 0; j < (DW_JV - 1) * s + k; j++) {
+    body += `let x${j} = select(0.0, X[u32(xb + iw0 + ${j})], rowok && iw0 + ${j} >= 0 && iw0 + ${j} < u.W);\n`;
+  }
+  for (let v = 0; v < DW_JV; v++) {
+    for (let c = 0; c < DW_COV; c++) {
+      body += `{ let d = dys[(j + ${v}u) * ${DW_COV}u + ${c}u];\n`;
+      for (let kw = 0; kw < k; kw++) body += `  a${kw}_${c} = fma(vec4f(x${v * s + kw}), d, a${kw}_${c});\n`;
+      body += "}\n";
+    }
+  }
   for (let kw = 0; kw < k; kw++) {
-    body += `{ let iw = iw0 + ${kw}; let xv = select(0.0, X[u32(xb + iw)], rowok && iw >= 0 && iw < u.W);\n`;
-    for (let c = 0; c < DW_COV; c++) body += `  a${kw}_${c} = fma(vec4f(xv), d${c}, a${kw}_${c});\n`;
-    body += "}\n";
     for (let c = 0; c < DW_COV; c++) {
       for (let q = 0; q < 4; q++) {
         stores += `put(pb, cb * ${4 * DW_COV}u + ${c * 4 + q}u, ${kw}u, a${kw}_${c}[${q}]);\n`;
@@ -398,9 +407,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
       }
       workgroupBarrier();
       let ns = min(${SEG}u, u.OW - s0);
-      for (var j = 0u; j < ns; j++) {
+      for (var j = 0u; j < ns; j += ${DW_JV}u) { // staged dy past the row end is zero
         let iw0 = i32(s0 + j) * ${s} - u.pad;
-        ${load}
         ${body}
       }
       workgroupBarrier();
