@@ -6,6 +6,7 @@ import { discoverSubjects, type Key } from "../../src/data/brats.ts";
 import { geometryOf, readNifti, writeNifti } from "../../src/data/nifti.ts";
 import { loadNpy } from "../../src/data/npy.ts";
 import { preprocessDataset, readMeta, restoreToOriginal, subjectDir } from "../../src/data/preprocess.ts";
+import { formatDuration, JsonlLog, Progress, readJsonl } from "../../src/data/progress.ts";
 import { Rng } from "../../src/nn/rng.ts";
 
 const FIX = new URL("../fixtures/nifti/", import.meta.url).pathname;
@@ -239,6 +240,40 @@ Deno.test("preprocess without seg (inference) stores no seg and needs none", asy
       ...quiet,
     });
     assert.match(withSeg.failed[0].reason, /subject P1: missing seg/);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("progress: bar with elapsed time and ETA; a line per interval when not on a terminal; JSON lines", async () => {
+  let t = 0;
+  const out: string[] = [];
+  const bar = new Progress(4, "preprocess", {
+    write: (s) => out.push(s),
+    inPlace: false,
+    intervalMs: 5000,
+    now: () => t,
+  });
+  t = 10_000;
+  bar.tick(1, "S1");
+  t = 12_000;
+  bar.tick(1, "S2"); // within 5 s of the last line: silent
+  t = 40_000;
+  bar.tick(2, "S4");
+  assert.deepEqual(out, [
+    "preprocess [######..................] 1/4 25% 10s elapsed, ETA 30s S1\n",
+    "preprocess [########################] 4/4 100% 40s elapsed, ETA 0s S4\n",
+  ]);
+  assert.equal(formatDuration(3725), "1h02m");
+  const tmp = await Deno.makeTempDir();
+  try {
+    const log = await JsonlLog.open(`${tmp}/log.jsonl`);
+    log.write({ step: 1, loss: 0.5 });
+    log.write({ step: 2, loss: 0.25 });
+    log.close();
+    const recs = readJsonl(`${tmp}/log.jsonl`);
+    assert.deepEqual(recs.map((r) => [r.step, r.loss]), [[1, 0.5], [2, 0.25]]);
+    assert.ok(typeof recs[0].time === "string" && !Number.isNaN(Date.parse(recs[0].time as string)));
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
