@@ -202,7 +202,9 @@ export interface Affine<T> {
 /** Checks a [N,C,D,H,W] shape (and [C] weight and bias) and returns N, C and the plane size. */
 export function normShape(op: string, shape: readonly number[], affine: [weight: number, bias: number] | null) {
   const [N, C, D, H, W] = shape;
-  if (shape.length !== 5 || D * H * W === 0) throw new Error(`${op}: x [${shape}] must be a non-empty [N,C,D,H,W]`);
+  if (shape.length !== 5 || N * C * D * H * W === 0) {
+    throw new Error(`${op}: x [${shape}] must be a non-empty [N,C,D,H,W]`);
+  }
   if (affine && (affine[0] !== C || affine[1] !== C)) {
     throw new Error(
       `${op}: weight [${affine[0]}] and bias [${affine[1]}] must be [${C}] for x [${shape}]`,
@@ -249,10 +251,7 @@ export function instanceNormForward(
   g.free(scratch);
 }
 
-/**
- * From the forward input x, its stats and the output gradient dz: dx, and dweight/dbias when affine (each [C]).
- * `sums` is scratch of N*C*2 f32 (per plane: sum g, sum g * x-hat).
- */
+/** From the forward input x, its stats and the output gradient dz: dx, and dweight/dbias ([C] each) when given. */
 export function instanceNormBackward(
   g: Gpu,
   x: GPUBuffer,
@@ -266,15 +265,12 @@ export function instanceNormBackward(
 ) {
   const { N, C, L } = normShape("instanceNormBackward", shape, null);
   const { parts, chunks, scratch } = chunked(g, N, C, L, slope);
-  const sums = g.alloc(N * C * 8);
+  const sums = g.alloc(N * C * 8); // per plane: (sum g, sum g * x-hat)
   const ab = affine ? [{ buffer: affine.weight }, { buffer: affine.bias }] : [];
   for (const c of chunks) {
     const win = (buffer: GPUBuffer) => ({ buffer, offset: c.offset, size: c.size });
-    g.dispatch(BWD_PART[+!!affine], [win(x), win(dz), { buffer: stats }, { buffer: scratch }, ...ab], c.u, [
-      parts,
-      1,
-      c.count,
-    ]);
+    const partBinds = [win(x), win(dz), { buffer: stats }, { buffer: scratch }, ...ab];
+    g.dispatch(BWD_PART[+!!affine], partBinds, c.u, [parts, 1, c.count]);
     g.dispatch(BWD_MERGE, [{ buffer: scratch }, { buffer: sums }], c.u, [1, 1, c.count]);
     const dxBinds = [win(x), win(dz), { buffer: stats }, { buffer: sums }, win(dx), ...ab];
     g.dispatch(BWD_DX[+!!affine], dxBinds, c.u, [parts, 1, c.count]);
