@@ -1,6 +1,7 @@
 // What pre-training and HAD-Net training share: the run folder (resolved config, JSON-lines log, checkpoints), the
 // original's validation Dice, subject caching, and model checkpoint files.
 
+import { JsonlLog } from "../data/progress.ts";
 import { saveSafetensors } from "../nn/safetensors.ts";
 import type { Params } from "../nn/module.ts";
 
@@ -10,13 +11,15 @@ export const CE_WEIGHTS = [1.0, 59.4507, 23.3190, 71.8481];
 /** A run's own folder: config.json, log.jsonl and checkpoints. */
 export class RunDir {
   readonly path: string;
-  constructor(path: string) {
+  readonly #log: JsonlLog;
+  private constructor(path: string, log: JsonlLog) {
     this.path = path;
+    this.#log = log;
   }
 
   static async create(path: string, config: unknown): Promise<RunDir> {
     await Deno.mkdir(path, { recursive: true });
-    const r = new RunDir(path);
+    const r = new RunDir(path, await JsonlLog.open(`${path}/log.jsonl`));
     await r.writeJson("config.json", config);
     return r;
   }
@@ -25,10 +28,12 @@ export class RunDir {
     await writeAtomic(`${this.path}/${name}`, new TextEncoder().encode(JSON.stringify(value, null, 1) + "\n"));
   }
 
-  async log(entry: Record<string, unknown>) {
-    await Deno.writeTextFile(`${this.path}/log.jsonl`, JSON.stringify({ time: new Date().toISOString(), ...entry }) + "\n", {
-      append: true,
-    });
+  log(entry: Record<string, unknown>) {
+    this.#log.write(entry);
+  }
+
+  close() {
+    this.#log.close();
   }
 }
 

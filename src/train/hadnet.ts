@@ -20,7 +20,7 @@ import { backward, noGrad, readAll, scope, type Tensor } from "../nn/tensor.ts";
 import { type FeaturePairs, UNet } from "../nn/unet.ts";
 import { CE_WEIGHTS, Ema, type Region, RunDir, saveModel, validationMetric } from "./common.ts";
 import { type SampleSource, upload, validate } from "./pretrain.ts";
-import { type Progress, progress } from "../data/progress.ts";
+import { Progress } from "../data/progress.ts";
 
 export interface HadnetConfig {
   out: string;
@@ -141,7 +141,7 @@ export async function trainHadnet(
   const ema = new Ema(0.95);
   const history = [];
   let bestMetric = -Infinity;
-  const bar: Progress = progress("HAD-Net", cfg.epochs * (cfg.train.length + cfg.validation.length));
+  const bar = new Progress(cfg.epochs * (cfg.train.length + cfg.validation.length), "HAD-Net");
   try {
     for (let epoch = 1; epoch <= cfg.epochs; epoch++) {
       const losses: Tensor[][] = [];
@@ -192,11 +192,12 @@ export async function trainHadnet(
         emaMetricCorrected: e.corrected,
       };
       history.push({ epoch, metric, dice: v.dice });
-      await run.log(entry);
-      bar.note(`epoch ${epoch} gen ${entry.genLoss.toFixed(4)} disc ${entry.discLoss.toFixed(4)} val ${metric.toFixed(4)}`);
+      run.log(entry);
+      bar.log(`epoch ${epoch} gen ${entry.genLoss.toFixed(4)} disc ${entry.discLoss.toFixed(4)} val ${metric.toFixed(4)}`);
     }
   } finally {
-    bar.done();
+    bar.finish();
+    run.close();
     t.dispose();
   }
   return history;

@@ -15,7 +15,7 @@ import { backward, noGrad, readAll, scope, Tensor } from "../nn/tensor.ts";
 import { UNet } from "../nn/unet.ts";
 import { CE_WEIGHTS, Ema, epochWeights, type Region, REGIONS, RunDir, saveModel, validationDice, validationMetric } from "./common.ts";
 import { Plateau } from "./plateau.ts";
-import { type Progress, progress } from "../data/progress.ts";
+import { Progress } from "../data/progress.ts";
 
 export type Role = "teacher" | "student";
 
@@ -81,7 +81,7 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, source: SampleSource
   const ema = new Ema(0.95);
   const history: EpochResult[] = [];
   let bestMetric = -Infinity;
-  const bar: Progress = progress(`pretrain ${cfg.role}`, cfg.epochs * (cfg.train.length + cfg.validation.length));
+  const bar = new Progress(cfg.epochs * (cfg.train.length + cfg.validation.length), `pretrain ${cfg.role}`);
   try {
     for (let epoch = 1; epoch <= cfg.epochs; epoch++) {
       const weights = epochWeights(cfg.classWeights, epoch, cfg.weightDecayFactor);
@@ -120,11 +120,12 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, source: SampleSource
       const r: EpochResult = { epoch, trainLoss, valLoss: v.loss, dice: v.dice, metric, best };
       history.push(r);
       const e = ema.update(metric);
-      await run.log({ ...r, lr: opt.lr, emaMetric: e.ema, emaMetricCorrected: e.corrected, classWeights: weights });
-      bar.note(`epoch ${epoch} loss ${trainLoss.toFixed(4)} val ${metric.toFixed(4)}`);
+      run.log({ ...r, lr: opt.lr, emaMetric: e.ema, emaMetricCorrected: e.corrected, classWeights: weights });
+      bar.log(`epoch ${epoch} loss ${trainLoss.toFixed(4)} val ${metric.toFixed(4)}`);
     }
   } finally {
-    bar.done();
+    bar.finish();
+    run.close();
     opt.dispose();
     net.params.dispose();
   }
