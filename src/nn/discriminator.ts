@@ -6,13 +6,9 @@
 // Without the hierarchy each scale sees only x, so the three blocks take 4k, 8k, 16k channels in.
 
 import type { Gpu } from "../kernels/device.ts";
+import { type Backend, gpuBackend } from "./backend.ts";
 import { defaultConvBias, kaimingUniformDefaultConv } from "./init.ts";
 import { Params } from "./module.ts";
-import { concat } from "./ops/concat.ts";
-import { conv3d } from "./ops/conv.ts";
-import { leakyRelu } from "./ops/elementwise.ts";
-import { instanceNormLeakyRelu } from "./ops/norm.ts";
-import { resizeNearest } from "./ops/resize.ts";
 import type { Rng } from "./rng.ts";
 import type { Tensor } from "./tensor.ts";
 import type { FeaturePairs } from "./unet.ts";
@@ -53,25 +49,36 @@ export class Discriminator {
     conv("disc_5", 32 * k, 1, false);
   }
 
-  forward(seg: Tensor, sequences: Tensor, features: FeaturePairs | null): Tensor {
-    const { hierarchical, inChannels } = this.config;
-    if (hierarchical !== (features !== null)) {
-      throw new Error(`Discriminator: ${hierarchical ? "needs" : "takes no"} feature pairs`);
-    }
-    if (seg.shape[1] + sequences.shape[1] !== inChannels) {
-      throw new Error(
-        `Discriminator: segmentation [${seg.shape}] + sequences [${sequences.shape}] must have ${inChannels} channels`,
-      );
-    }
-    const p = (n: string) => this.params.get(n);
-    let x = leakyRelu(conv3d(concat([seg, sequences]), p("disc_1.0.weight"), p("disc_1.0.bias"), 2, 1), SLOPE);
-    ["disc_2.0", "disc_3.0", "disc_4.0"].forEach((name, i) => {
-      if (features) {
-        const [fine, coarse] = features[i];
-        x = concat([x, fine, resizeNearest(coarse, [fine.shape[2], fine.shape[3], fine.shape[4]])]);
-      }
-      x = instanceNormLeakyRelu(conv3d(x, p(`${name}.weight`), p(`${name}.bias`), 2, 1), null, null, SLOPE);
-    });
-    return conv3d(x, p("disc_5.weight"), null, 1, 1);
+  /** D(segmentation, sequences, feature pairs or null); `trace` collects the LeakyReLU outputs (parity check). */
+  forward(seg: Tensor, sequences: Tensor, features: FeaturePairs | null, trace?: Tensor[]): Tensor {
+    return discForward(gpuBackend(this.params, { training: false, trace }), seg, sequences, features, this.config);
   }
+}
+
+/** The discriminator's forward on any backend (parameters by state-dict name). */
+export function discForward<T>(
+  b: Backend<T>,
+  seg: T,
+  sequences: T,
+  features: FeaturePairs<T> | null,
+  config: DiscriminatorConfig,
+): T {
+  const { hierarchical, inChannels } = config;
+  if (hierarchical !== (features !== null)) {
+    throw new Error(`Discriminator: ${hierarchical ? "needs" : "takes no"} feature pairs`);
+  }
+  const [ss, qs] = [b.shape(seg), b.shape(sequences)];
+  if (ss[1] + qs[1] !== inChannels) {
+    throw new Error(`Discriminator: segmentation [${ss}] + sequences [${qs}] must have ${inChannels} channels`);
+  }
+  let x = b.leakyRelu(b.conv(b.concat([seg, sequences]), "disc_1.0.weight", "disc_1.0.bias", 2, 1), SLOPE);
+  ["disc_2.0", "disc_3.0", "disc_4.0"].forEach((name, i) => {
+    if (features) {
+      const [fine, coarse] = features[i];
+      const fs = b.shape(fine);
+      x = b.concat([x, fine, b.resize(coarse, [fs[2], fs[3], fs[4]])]);
+    }
+    x = b.normAct(b.conv(x, `${name}.weight`, `${name}.bias`, 2, 1), null, null, SLOPE);
+  });
+  return b.conv(x, "disc_5.weight", null, 1, 1);
 }

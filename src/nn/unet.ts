@@ -7,17 +7,14 @@
 // forward returns the logits and the feature pairs the discriminator sees: [[d2, u3], [d3, u4], [d4, c5]].
 
 import type { Gpu } from "../kernels/device.ts";
+import { type Backend, type ForwardMode, gpuBackend } from "./backend.ts";
 import { kaimingNormal } from "./init.ts";
 import { Params } from "./module.ts";
-import type { Weights } from "./safetensors.ts";
-import { conv3d } from "./ops/conv.ts";
-import { dropout3d } from "./ops/dropout.ts";
-import { add } from "./ops/elementwise.ts";
-import { instanceNormLeakyRelu } from "./ops/norm.ts";
-import { maxPool2 } from "./ops/pool.ts";
-import { resizeNearest } from "./ops/resize.ts";
 import type { Rng } from "./rng.ts";
+import type { Weights } from "./safetensors.ts";
 import type { Tensor } from "./tensor.ts";
+
+export type { ForwardMode } from "./backend.ts";
 
 export interface UNetConfig {
   /** Input sequences: 4 for the teacher, 3 for the student. */
@@ -29,17 +26,11 @@ export interface UNetConfig {
   dropout: number;
 }
 
-export interface ForwardMode {
-  training: boolean;
-  /** Dropout stream; required in training mode when dropout > 0. */
-  rng?: Rng;
-}
+export type FeaturePairs<T = Tensor> = [[T, T], [T, T], [T, T]];
 
-export type FeaturePairs = [[Tensor, Tensor], [Tensor, Tensor], [Tensor, Tensor]];
-
-export interface GeneratorOutput {
-  logits: Tensor;
-  features: FeaturePairs;
+export interface GeneratorOutput<T = Tensor> {
+  logits: T;
+  features: FeaturePairs<T>;
 }
 
 const SLOPE = 0.01;
@@ -54,11 +45,15 @@ export function generatorMeta(
   given: { k?: number; sequences?: number; classes?: number } = {},
 ): Record<string, string> {
   const first = w.get("conv_d1.conv1.conv.weight"), last = w.get("conv_out.weight");
-  if (!first || !last) throw new Error(`${file}: not a HAD-Net generator (no conv_d1.conv1.conv.weight / conv_out.weight)`);
+  if (!first || !last) {
+    throw new Error(`${file}: not a HAD-Net generator (no conv_d1.conv1.conv.weight / conv_out.weight)`);
+  }
   const found = { k: first.shape[0], sequences: first.shape[1], classes: last.shape[0] };
   for (const key of ["k", "sequences", "classes"] as const) {
     const v = given[key];
-    if (v !== undefined && v !== found[key]) throw new Error(`${file}: --${key} ${v} but the weights have ${found[key]}`);
+    if (v !== undefined && v !== found[key]) {
+      throw new Error(`${file}: --${key} ${v} but the weights have ${found[key]}`);
+    }
   }
   return { kind: "generator", k: String(found.k), sequences: String(found.sequences), classes: String(found.classes) };
 }
@@ -119,44 +114,44 @@ export class UNet {
   }
 
   forward(x: Tensor, mode: ForwardMode): GeneratorOutput {
-    const { inChannels, k, dropout } = this.config;
-    if (x.shape.length !== 5 || x.shape[1] !== inChannels) {
-      throw new Error(`UNet: input [${x.shape}] must be [N, ${inChannels}, D, H, W]`);
-    }
-    const p = (n: string) => this.params.get(n);
-    const drop = (t: Tensor, cin: number): Tensor => {
-      if (!mode.training || dropout === 0 || cin < k) return t;
-      if (!mode.rng) throw new Error("UNet: training mode with dropout needs a random stream");
-      return dropout3d(t, dropout, mode.rng);
-    };
-    const block = (name: string, t: Tensor) =>
-      instanceNormLeakyRelu(
-        conv3d(t, p(`${name}.conv.weight`), p(`${name}.conv.bias`), 1, 1),
-        p(`${name}.inst.weight`),
-        p(`${name}.inst.bias`),
-        SLOPE,
-      );
-    const down = (name: string, t: Tensor) => block(`${name}.conv2`, block(`${name}.conv1`, drop(t, t.shape[1])));
-    const up = (name: string, skip: Tensor, coarse: Tensor) => {
-      const cin = coarse.shape[1];
-      const resized = resizeNearest(coarse, [skip.shape[2], skip.shape[3], skip.shape[4]]);
-      const s = drop(skip, cin), u = drop(resized, cin);
-      const sum = add(
-        conv3d(s, p(`${name}.conv_left.weight`), null, 1, 1),
-        conv3d(u, p(`${name}.conv_up.weight`), p(`${name}.conv_up.bias`), 1, 1),
-      );
-      return block(`${name}.conv_out`, instanceNormLeakyRelu(sum, p(`${name}.inst.weight`), p(`${name}.inst.bias`), SLOPE));
-    };
-    const d1 = down("conv_d1", x);
-    const d2 = down("conv_d2", maxPool2(d1));
-    const d3 = down("conv_d3", maxPool2(d2));
-    const d4 = down("conv_d4", maxPool2(d3));
-    const c5 = down("conv_c5", maxPool2(d4));
-    const u4 = up("conv_u4", d4, c5);
-    const u3 = up("conv_u3", d3, u4);
-    const u2 = up("conv_u2", d2, u3);
-    const u1 = up("conv_u1", d1, u2);
-    const logits = conv3d(u1, p("conv_out.weight"), p("conv_out.bias"), 1, 0);
-    return { logits, features: [[d2, u3], [d3, u4], [d4, c5]] };
+    return unetForward(gpuBackend(this.params, mode), x, this.config);
   }
+}
+
+/** The U-Net's forward on any backend (parameters by state-dict name). */
+export function unetForward<T>(b: Backend<T>, x: T, config: UNetConfig): GeneratorOutput<T> {
+  const { inChannels, k, dropout } = config;
+  const xs = b.shape(x);
+  if (xs.length !== 5 || xs[1] !== inChannels) {
+    throw new Error(`UNet: input [${xs}] must be [N, ${inChannels}, D, H, W]`);
+  }
+  const drop = (t: T, cin: number) => b.dropout(t, cin >= k ? dropout : 0);
+  const block = (name: string, t: T) =>
+    b.normAct(
+      b.conv(t, `${name}.conv.weight`, `${name}.conv.bias`, 1, 1),
+      `${name}.inst.weight`,
+      `${name}.inst.bias`,
+      SLOPE,
+    );
+  const down = (name: string, t: T) => block(`${name}.conv2`, block(`${name}.conv1`, drop(t, b.shape(t)[1])));
+  const up = (name: string, skip: T, coarse: T) => {
+    const cin = b.shape(coarse)[1], ss = b.shape(skip);
+    const resized = b.resize(coarse, [ss[2], ss[3], ss[4]]);
+    const sum = b.add(
+      b.conv(drop(skip, cin), `${name}.conv_left.weight`, null, 1, 1),
+      b.conv(drop(resized, cin), `${name}.conv_up.weight`, `${name}.conv_up.bias`, 1, 1),
+    );
+    return block(`${name}.conv_out`, b.normAct(sum, `${name}.inst.weight`, `${name}.inst.bias`, SLOPE));
+  };
+  const d1 = down("conv_d1", x);
+  const d2 = down("conv_d2", b.maxPool2(d1));
+  const d3 = down("conv_d3", b.maxPool2(d2));
+  const d4 = down("conv_d4", b.maxPool2(d3));
+  const c5 = down("conv_c5", b.maxPool2(d4));
+  const u4 = up("conv_u4", d4, c5);
+  const u3 = up("conv_u3", d3, u4);
+  const u2 = up("conv_u2", d2, u3);
+  const u1 = up("conv_u1", d1, u2);
+  const logits = b.conv(u1, "conv_out.weight", "conv_out.bias", 1, 0);
+  return { logits, features: [[d2, u3], [d3, u4], [d4, c5]] };
 }
