@@ -1,6 +1,6 @@
 // Report images: a minimal PNG encoder (8-bit RGB, filter 0 on every row, zlib from fflate), one grey slice of a
-// volume with BraTS labels blended over it, and a box plot of per-subject values per region (no text: the caller
-// names the file and the order of the boxes).
+// volume with BraTS labels blended over it, a box plot of per-subject values per region, and a line chart of values
+// per epoch (no text: the caller names the file, the order of the series and the axis ranges).
 //
 // Volumes are flat in NIfTI order (x fastest) with dims [X, Y, Z]. A slice through `axis` keeps the other two axes
 // (u, v) in increasing order; image column = u and image row = size_v - 1 - v, so v grows upward (anterior up for an
@@ -121,6 +121,33 @@ export function sliceOverlayPng(
   return encodePng(rgb, W, H);
 }
 
+const MARGIN = 10;
+
+/** A white W x H RGB image with a grey frame, and a clipped rectangle fill on it (corners in either order). */
+function canvas(W: number, H: number) {
+  if (!(Number.isInteger(W) && Number.isInteger(H) && W > 2 * MARGIN && H > 2 * MARGIN)) {
+    throw new Error(`chart size ${W} x ${H} must be integers above ${2 * MARGIN}`);
+  }
+  const rgb = new Uint8Array(W * H * 3).fill(255);
+  const fill = (x0: number, y0: number, x1: number, y1: number, c: readonly number[]) => {
+    for (let y = Math.max(0, Math.min(y0, y1)); y <= Math.min(H - 1, Math.max(y0, y1)); y++) {
+      for (let x = Math.max(0, Math.min(x0, x1)); x <= Math.min(W - 1, Math.max(x0, x1)); x++) {
+        rgb.set(c, 3 * (x + W * y));
+      }
+    }
+  };
+  fill(0, 0, W - 1, 0, [128, 128, 128]);
+  fill(0, H - 1, W - 1, H - 1, [128, 128, 128]);
+  fill(0, 0, 0, H - 1, [128, 128, 128]);
+  fill(W - 1, 0, W - 1, H - 1, [128, 128, 128]);
+  return { rgb, fill };
+}
+
+/** Pixel coordinate of v on an axis mapping [min, max] to [p0, p1]; the middle when the range is empty. */
+function scaleTo(v: number, min: number, max: number, p0: number, p1: number): number {
+  return max > min ? Math.round(p0 + ((v - min) / (max - min)) * (p1 - p0)) : Math.round((p0 + p1) / 2);
+}
+
 export interface BoxPlotOptions {
   width?: number;
   height?: number;
@@ -129,7 +156,8 @@ export interface BoxPlotOptions {
   max?: number;
 }
 
-const BOX_COLOURS: readonly (readonly [number, number, number])[] = [
+/** Colours of the boxes and lines, in series order (cycled). */
+export const SERIES_COLOURS: readonly (readonly [number, number, number])[] = [
   [0, 113, 188],
   [216, 82, 24],
   [236, 176, 31],
@@ -147,23 +175,12 @@ export function boxPlotPng(values: Record<string, number[]>, opts: BoxPlotOption
   if (series.length === 0) throw new Error("boxPlotPng: no series");
   const all = series.flatMap((s) => Array.from(s));
   const min = opts.min ?? Math.min(...all), max = opts.max ?? Math.max(...all);
-  const rgb = new Uint8Array(W * H * 3).fill(255);
-  const fill = (x0: number, y0: number, x1: number, y1: number, c: readonly number[]) => {
-    for (let y = Math.max(0, Math.min(y0, y1)); y <= Math.min(H - 1, Math.max(y0, y1)); y++) {
-      for (let x = Math.max(0, x0); x <= Math.min(W - 1, x1); x++) rgb.set(c, 3 * (x + W * y));
-    }
-  };
-  const margin = 10;
-  const row = (v: number) =>
-    max > min ? Math.round(H - 1 - margin - ((v - min) / (max - min)) * (H - 1 - 2 * margin)) : H >> 1;
-  fill(0, 0, W - 1, 0, [128, 128, 128]);
-  fill(0, H - 1, W - 1, H - 1, [128, 128, 128]);
-  fill(0, 0, 0, H - 1, [128, 128, 128]);
-  fill(W - 1, 0, W - 1, H - 1, [128, 128, 128]);
+  const { rgb, fill } = canvas(W, H);
+  const row = (v: number) => scaleTo(v, min, max, H - 1 - MARGIN, MARGIN);
   const slot = W / series.length;
   series.forEach((s, i) => {
     if (s.length === 0) return;
-    const c = BOX_COLOURS[i % BOX_COLOURS.length];
+    const c = SERIES_COLOURS[i % SERIES_COLOURS.length];
     const mid = Math.round(slot * (i + 0.5)), half = Math.max(1, Math.round(slot * 0.3));
     const q = (p: number) => row(percentileLinear(s, p));
     fill(mid, row(s[0]), mid, row(s[s.length - 1]), c); // whisker
@@ -171,6 +188,79 @@ export function boxPlotPng(values: Record<string, number[]>, opts: BoxPlotOption
     fill(mid - (half >> 1), row(s[s.length - 1]), mid + (half >> 1), row(s[s.length - 1]), c);
     fill(mid - half, q(75), mid + half, q(25), c); // box
     fill(mid - half, q(50), mid + half, q(50), [0, 0, 0]); // median
+  });
+  return encodePng(rgb, W, H);
+}
+
+export interface LineSeries {
+  x: ArrayLike<number>;
+  y: ArrayLike<number>;
+}
+
+export interface LineChartOptions {
+  width?: number;
+  height?: number;
+  /** Axis ranges; default: the range of the finite data. */
+  xMin?: number;
+  xMax?: number;
+  yMin?: number;
+  yMax?: number;
+}
+
+/** [min, max] of the finite values of `key` over all series ([NaN, NaN] when there are none). */
+export function seriesRange(series: Record<string, LineSeries>, key: "x" | "y"): [number, number] {
+  let lo = Infinity, hi = -Infinity;
+  for (const s of Object.values(series)) {
+    for (let i = 0; i < s[key].length; i++) {
+      const v = s[key][i];
+      if (!Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+  }
+  return lo <= hi ? [lo, hi] : [NaN, NaN];
+}
+
+/**
+ * PNG line chart, one line per entry of `series` in insertion order (colours of SERIES_COLOURS): 2-pixel segments
+ * between consecutive points with finite x and y (a non-finite value breaks the line), a 3 x 3 dot on every point, on
+ * white with a grey frame.
+ */
+export function lineChartPng(series: Record<string, LineSeries>, opts: LineChartOptions = {}): Uint8Array {
+  const W = opts.width ?? 400, H = opts.height ?? 300;
+  const list = Object.entries(series);
+  if (list.length === 0) throw new Error("lineChartPng: no series");
+  for (const [name, s] of list) {
+    if (s.x.length !== s.y.length) {
+      throw new Error(`lineChartPng: series ${name} has ${s.x.length} x and ${s.y.length} y`);
+    }
+  }
+  const [dx0, dx1] = seriesRange(series, "x"), [dy0, dy1] = seriesRange(series, "y");
+  const xMin = opts.xMin ?? dx0, xMax = opts.xMax ?? dx1, yMin = opts.yMin ?? dy0, yMax = opts.yMax ?? dy1;
+  const { rgb, fill } = canvas(W, H);
+  const col = (x: number) => scaleTo(x, xMin, xMax, MARGIN, W - 1 - MARGIN);
+  const row = (y: number) => scaleTo(y, yMin, yMax, H - 1 - MARGIN, MARGIN);
+  list.forEach(([, s], i) => {
+    const c = SERIES_COLOURS[i % SERIES_COLOURS.length];
+    let prev: [number, number] | null = null;
+    for (let k = 0; k < s.x.length; k++) {
+      if (!Number.isFinite(s.x[k]) || !Number.isFinite(s.y[k])) {
+        prev = null;
+        continue;
+      }
+      const p: [number, number] = [col(s.x[k]), row(s.y[k])];
+      if (prev && (p[0] !== prev[0] || p[1] !== prev[1])) {
+        // Step along the longer axis so the segment has no gaps.
+        const n = Math.max(Math.abs(p[0] - prev[0]), Math.abs(p[1] - prev[1]));
+        for (let t = 0; t <= n; t++) {
+          const x = Math.round(prev[0] + ((p[0] - prev[0]) * t) / n),
+            y = Math.round(prev[1] + ((p[1] - prev[1]) * t) / n);
+          fill(x, y, x + 1, y + 1, c);
+        }
+      }
+      fill(p[0] - 1, p[1] - 1, p[0] + 1, p[1] + 1, c);
+      prev = p;
+    }
   });
   return encodePng(rgb, W, H);
 }

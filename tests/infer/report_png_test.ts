@@ -1,7 +1,16 @@
 // PNG report images: decode the chunks (checking every CRC), the header, and the inflated pixels.
 import assert from "node:assert/strict";
 import { unzlibSync } from "fflate";
-import { boxPlotPng, crc32, encodePng, LABEL_COLOURS, sliceOverlayPng } from "../../src/infer/report_png.ts";
+import {
+  boxPlotPng,
+  crc32,
+  encodePng,
+  LABEL_COLOURS,
+  lineChartPng,
+  SERIES_COLOURS,
+  seriesRange,
+  sliceOverlayPng,
+} from "../../src/infer/report_png.ts";
 
 function decodePng(png: Uint8Array): { width: number; height: number; rgb: Uint8Array } {
   assert.deepEqual(Array.from(png.subarray(0, 8)), [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -79,4 +88,25 @@ Deno.test("boxPlotPng: requested size, boxes in their colours", () => {
   assert.equal(at(20, 57), "0,113,188"); // whisker below the box
   assert.equal(at(25, 57), "255,255,255");
   assert.throws(() => boxPlotPng({}), /no series/);
+});
+
+Deno.test("lineChartPng: points and segments in series colours, NaN breaks the line, explicit ranges", () => {
+  const series = { a: { x: [1, 2, 3], y: [0, 1, 0.5] }, b: { x: [1, 2, 3], y: [NaN, 0.2, 0.2] } };
+  assert.deepEqual(seriesRange(series, "x"), [1, 3]);
+  assert.deepEqual(seriesRange(series, "y"), [0, 1]);
+  const d = decodePng(lineChartPng(series, { width: 120, height: 80 }));
+  assert.deepEqual([d.width, d.height], [120, 80]);
+  const at = (x: number, y: number) => d.rgb.subarray(3 * (x + 120 * y), 3 * (x + 120 * y) + 3).join(",");
+  const [ca, cb] = [SERIES_COLOURS[0].join(","), SERIES_COLOURS[1].join(",")];
+  // x [1, 3] -> columns 10..109, y [0, 1] -> rows 69..10.
+  assert.equal(at(10, 69), ca); // a at (1, 0)
+  assert.equal(at(60, 10), ca); // a at (2, 1)
+  assert.equal(at(35, 39), ca); // on the segment between them: step 30 of 59
+  assert.equal(at(85, 57), cb); // b between (2, 0.2) and (3, 0.2), row round(69 - 0.2 * 59) = 57
+  assert.equal(at(10, 57), "255,255,255"); // b's first value is NaN: nothing at x = 1
+  assert.equal(at(0, 40), "128,128,128");
+  const e = decodePng(lineChartPng(series, { width: 120, height: 80, yMin: 0, yMax: 2 }));
+  assert.equal(e.rgb.subarray(3 * (60 + 120 * 40), 3 * (60 + 120 * 40) + 3).join(","), ca); // y = 1 of [0, 2]
+  assert.throws(() => lineChartPng({ a: { x: [1, 2], y: [1] } }), /series a has 2 x and 1 y/);
+  assert.throws(() => lineChartPng({}), /no series/);
 });
