@@ -9,7 +9,7 @@
 // the semantics size, starting at floor(diff / 2) per dim. Output input [C, D, H, W], labels and mask [D, H, W].
 import { Parser } from "pickleparser";
 import { loadNpy, type Npy } from "./npy.ts";
-import { META_FILE, type PreprocessMeta } from "./preprocess.ts";
+import { BRATS_DIR, META_FILE, type PreprocessMeta } from "./preprocess.ts";
 
 /** Teacher channels: flair, t1ce, t1, t2 (the sorted file names). Student: the same without post-contrast t1ce. */
 export const TEACHER_SEQUENCES = ["flr", "t1c", "t1p", "t2w"] as const;
@@ -50,6 +50,20 @@ export function gradeDir(procRoot: string, id: string): string {
     );
   }
   return `${procRoot}/${id}/${hits[0]}`;
+}
+
+/**
+ * The folder of subject folders for a preprocessed dataset given as preprocess's output root (<proc>/BRATS exists)
+ * or as that BRATS folder itself.
+ */
+export function subjectsRoot(proc: string): string {
+  const inner = `${proc.replace(/\/+$/, "")}/${BRATS_DIR}`;
+  try {
+    if (Deno.statSync(inner).isDirectory) return inner;
+  } catch {
+    // no BRATS folder inside: proc is the folder of subjects
+  }
+  return proc;
 }
 
 /** Every subject folder under `procRoot`, sorted. */

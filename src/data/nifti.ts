@@ -6,8 +6,8 @@
 // raw * slope + inter in float64). Data that float32 holds exactly (unscaled 8/16-bit integers and float32) comes
 // back as Float32Array, everything else as Float64Array. `affine` is nibabel's best affine: sform when
 // sform_code > 0, else qform when qform_code > 0, else the pixdim-scaled, centred, x-flipped base affine.
-// Writing: little-endian NIfTI-1 (vox_offset 352, no extensions) carrying a source image's geometry, gzipped when
-// the name ends in .gz, written to a temporary name and renamed.
+// Writing: little-endian NIfTI-1 (vox_offset 352, no extensions) carrying a source image's geometry, gzipped (no
+// timestamp: identical images give identical bytes) when the name ends in .gz, via a temporary name and a rename.
 import * as niftiReader from "nifti-reader-js";
 import { gunzipSync, gzipSync } from "fflate";
 
@@ -264,7 +264,8 @@ export async function writeNifti(
   description?: string,
 ): Promise<void> {
   const raw = encodeNifti(data, dims, geometry, dtype, description);
-  const bytes = path.endsWith(".gz") ? gzipSync(raw, { level: 6 }) : raw;
+  // mtime 0: the gzip header carries no timestamp, so the same image always gives the same bytes.
+  const bytes = path.endsWith(".gz") ? gzipSync(raw, { level: 6, mtime: 0 }) : raw;
   const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
   try {
     await Deno.writeFile(tmp, bytes);

@@ -14,9 +14,8 @@
 // 4. a slight blur (partial volume), a smooth multiplicative bias field and Gaussian noise per sequence, a
 //    per-subject scale per sequence, rounding to integers >= 1 inside the brain and 0 outside.
 
-import { gzipSync } from "fflate";
 import { Rng } from "../nn/rng.ts";
-import { encodeNifti, type NiftiGeometry, readNifti } from "./nifti.ts";
+import { type NiftiGeometry, readNifti, writeNifti } from "./nifti.ts";
 
 export const SEQUENCES = ["flair", "t1", "t1ce", "t2"] as const;
 export type Sequence = typeof SEQUENCES[number];
@@ -358,8 +357,7 @@ export async function writeSynthDataset(o: SynthDatasetOptions): Promise<string[
       ["seg", s.seg, "uint8"],
     ];
     for (const [name, data, dtype] of files) {
-      const raw = encodeNifti(data, size, geom, dtype, "hadnet synthetic");
-      await Deno.writeFile(`${dir}/${id}_${name}.nii.gz`, gzipSync(raw, { level: 6, mtime: 0 }));
+      await writeNifti(`${dir}/${id}_${name}.nii.gz`, data, size, geom, dtype, "hadnet synthetic");
     }
     dirs.push(dir);
   }
