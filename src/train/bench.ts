@@ -1,0 +1,316 @@
+// `hadnet bench`: timings comparable line for line with ../shared/anchors/torch_reference.py bench.
+//
+// Modes: conv (every convolution shape of the networks: forward, input and weight gradients, with TFLOP/s),
+// infer (teacher forward without gradients + argmax), pretrain (student forward, backward, AdamW step), hadnet (one
+// HadnetTrainer step). One JSON line per result with the reference's fields (impl, device, mode, size, k, ms_median,
+// ms_all, peak_gib) plus the adapter and dispatches per iteration. Each iteration is bracketed by `gpu.sync()` so
+// the time covers the GPU work; peak_gib is the device pool's peak (live storage buffers, parameters included).
+// --profile adds GPU time per kernel from timestamp queries (src/kernels/profile.ts).
+
+import { type Command, intOpt, UsageError } from "../command.ts";
+import * as K from "../kernels/conv3d.ts";
+import { type Gpu, gpu } from "../kernels/device.ts";
+import { Profiler } from "../kernels/profile.ts";
+import { argmax, crossEntropy } from "../nn/ops/loss.ts";
+import { AdamW } from "../nn/optim.ts";
+import { Rng } from "../nn/rng.ts";
+import { backward, noGrad, scope, Tensor } from "../nn/tensor.ts";
+import { UNet } from "../nn/unet.ts";
+import { CE_WEIGHTS } from "./common.ts";
+import { HadnetTrainer } from "./hadnet.ts";
+
+export const BENCH_MODES = ["conv", "infer", "pretrain", "hadnet"] as const;
+export type BenchMode = typeof BENCH_MODES[number];
+
+export interface BenchOptions {
+  mode: BenchMode;
+  size: [number, number, number];
+  k: number;
+  iters: number;
+  warmup: number;
+  profile: boolean;
+}
+
+/** One convolution of the networks: name, channels, kernel, stride, pad and input size. */
+export interface ConvCase {
+  name: string;
+  cin: number;
+  cout: number;
+  kernel: 1 | 3 | 4;
+  stride: 1 | 2;
+  pad: number;
+  dims: [number, number, number];
+}
+
+/** Every distinct convolution of the teacher U-Net and the hierarchical discriminator at this size and k. */
+export function convCases(size: [number, number, number], k: number): ConvCase[] {
+  const level = (l: number) => size.map((v) => Math.floor(v / 2 ** l)) as [number, number, number];
+  const c3 = (name: string, cin: number, cout: number, l: number): ConvCase => ({
+    name,
+    cin,
+    cout,
+    kernel: 3,
+    stride: 1,
+    pad: 1,
+    dims: level(l),
+  });
+  const d4 = (name: string, cin: number, cout: number, l: number, stride: 1 | 2): ConvCase => ({
+    name,
+    cin,
+    cout,
+    kernel: 4,
+    stride,
+    pad: 1,
+    dims: level(l),
+  });
+  return [
+    c3("unet L0 4->k (d1.conv1)", 4, k, 0),
+    c3("unet L0 k->k (d1.conv2, u1)", k, k, 0),
+    c3("unet L1 k->2k (d2.conv1)", k, 2 * k, 1),
+    c3("unet L1 2k->2k (d2.conv2, u2)", 2 * k, 2 * k, 1),
+    c3("unet L1 2k->k (u2.conv_out)", 2 * k, k, 1),
+    c3("unet L2 2k->4k (d3.conv1)", 2 * k, 4 * k, 2),
+    c3("unet L2 4k->4k (d3.conv2, u3)", 4 * k, 4 * k, 2),
+    c3("unet L2 4k->2k (u3.conv_out)", 4 * k, 2 * k, 2),
+    c3("unet L3 4k->8k (d4.conv1)", 4 * k, 8 * k, 3),
+    c3("unet L3 8k->8k (d4.conv2, u4)", 8 * k, 8 * k, 3),
+    c3("unet L3 8k->4k (u4.conv_out)", 8 * k, 4 * k, 3),
+    c3("unet L4 8k->16k (c5.conv1)", 8 * k, 16 * k, 4),
+    c3("unet L4 16k->8k (c5.conv2)", 16 * k, 8 * k, 4),
+    { name: "unet L0 1x1x1 k->4 (conv_out)", cin: k, cout: 4, kernel: 1, stride: 1, pad: 0, dims: level(0) },
+    d4("disc_1 7->4k /2", 7, 4 * k, 0, 2),
+    d4("disc_2 8k->8k /2", 8 * k, 8 * k, 1, 2),
+    d4("disc_3 16k->16k /2", 16 * k, 16 * k, 2, 2),
+    d4("disc_4 32k->32k /2", 32 * k, 32 * k, 3, 2),
+    d4("disc_5 32k->1 /1", 32 * k, 1, 4, 1),
+  ];
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const GIB = 2 ** 30;
+
+/** Times `step` (warmup, then iters), each bracketed by gpu.sync(); returns ms per iteration and dispatches. */
+async function time(g: Gpu, o: BenchOptions, step: () => void | Promise<void>, profiler: Profiler | null) {
+  for (let i = 0; i < o.warmup; i++) {
+    await step();
+    await g.sync();
+  }
+  const ms: number[] = [];
+  const d0 = g.dispatches;
+  profiler?.start();
+  for (let i = 0; i < o.iters; i++) {
+    await g.sync();
+    const t0 = performance.now();
+    await step();
+    await g.sync();
+    ms.push(performance.now() - t0);
+  }
+  const kernels = profiler ? await profiler.stop() : null;
+  return { ms, dispatches: (g.dispatches - d0) / o.iters, kernels };
+}
+
+function baseFields(g: Gpu, o: BenchOptions) {
+  return {
+    impl: "hadnet",
+    deno: Deno.version.deno,
+    device: g.adapterName,
+    adapter: `WebGPU ${g.adapterName}${g.isFallback ? " (fallback adapter)" : ""}`,
+    mode: o.mode,
+    size: o.size,
+    k: o.k,
+  };
+}
+
+/** Runs one benchmark mode and returns its result records (one per line of output). */
+export async function runBench(o: BenchOptions): Promise<Record<string, unknown>[]> {
+  const g = await gpu();
+  let profiler: Profiler | null = null;
+  if (o.profile) {
+    profiler = Profiler.create(g);
+    if (!profiler) console.error(`hadnet bench: --profile unavailable: ${Profiler.unavailable(g)}`);
+  }
+  const out: Record<string, unknown>[] = [];
+  /** Appends the result line (with TFLOP/s when flop is given) and, when profiled, one line per kernel. */
+  const report = (r: Awaited<ReturnType<typeof time>>, extra: Record<string, unknown> = {}, flop = 0) => {
+    const med = median(r.ms);
+    out.push({
+      ...baseFields(g, o),
+      ...extra,
+      ms_median: med,
+      ms_all: r.ms,
+      ...(flop ? { tflops: flop / (med * 1e-3) / 1e12 } : {}),
+      peak_gib: g.memory().peak / GIB,
+      dispatches: r.dispatches,
+    });
+    const total = r.kernels?.reduce((a, x) => a + x.ms, 0) ?? 0;
+    for (const kr of r.kernels ?? []) {
+      out.push({
+        ...baseFields(g, o),
+        ...extra,
+        kernel: kr.name,
+        gpu_ms: kr.ms / o.iters,
+        kernel_dispatches: kr.count / o.iters,
+        share: kr.ms / total,
+      });
+    }
+  };
+  const rng = new Rng(0);
+  const uniform = (n: number) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = rng.uniform();
+    return a;
+  };
+
+  if (o.mode === "conv") {
+    for (const c of convCases(o.size, o.k)) {
+      await scope(async () => {
+        const xs = [1, c.cin, ...c.dims], ws = [c.cout, c.cin, c.kernel, c.kernel, c.kernel];
+        const s = K.conv3dShape(xs, ws, [c.cout], c.stride, c.pad);
+        const x = Tensor.from(g, xs, uniform(c.cin * s.d * s.h * s.w));
+        const w = Tensor.from(g, ws, uniform(ws.reduce((a, b) => a * b)));
+        const b = Tensor.zeros(g, [c.cout]);
+        const y = Tensor.empty(g, [1, c.cout, s.od, s.oh, s.ow]);
+        const dx = Tensor.empty(g, xs), dw = Tensor.empty(g, ws);
+        K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer); // y doubles as dy for the gradients
+        const flop = 2 * c.cout * c.cin * c.kernel ** 3 * s.od * s.oh * s.ow;
+        const passes: [string, () => void][] = [
+          ["forward", () => K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer)],
+          ["input_grad", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
+          ["weight_grad", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
+        ];
+        const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
+        for (const [pass, fn] of passes) {
+          g.resetPeak();
+          report(await time(g, o, fn, profiler), { conv: c.name, shape, pass }, flop);
+        }
+      });
+    }
+    return out;
+  }
+
+  const [D, H, W] = o.size;
+  const vox = D * H * W;
+  const labels = () => Uint32Array.from({ length: vox }, () => Math.floor(rng.uniform() * 4));
+  // torch_reference's inputs: x_teacher uniform [0, 1), x_student its channels 0, 2, 3, labels uniform in 0..3.
+  const xtData = uniform(4 * vox);
+  const xsData = new Float32Array(3 * vox);
+  [0, 2, 3].forEach((c, i) => xsData.set(xtData.subarray(c * vox, (c + 1) * vox), i * vox));
+  const xt = Tensor.from(g, [1, 4, D, H, W], xtData).keep();
+  const xs = Tensor.from(g, [1, 3, D, H, W], xsData).keep();
+  const y = Tensor.from(g, [1, D, H, W], labels()).keep();
+  const net = (inChannels: number) => new UNet(g, { inChannels, k: o.k, classes: 4, dropout: 0.2 }, rng);
+  try {
+    if (o.mode === "infer") {
+      const teacher = net(4);
+      try {
+        g.resetPeak();
+        const step = () => scope(() => void noGrad(() => argmax(teacher.forward(xt, { training: false }).logits)));
+        report(await time(g, o, step, profiler), {});
+      } finally {
+        teacher.params.dispose();
+      }
+    } else if (o.mode === "pretrain") {
+      const student = net(3);
+      const opt = new AdamW(student.params.list(), { lr: 2e-4, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-5 });
+      const dropRng = new Rng(2);
+      try {
+        g.resetPeak();
+        const step = () =>
+          scope(() => {
+            const { logits } = student.forward(xs, { training: true, rng: dropRng });
+            backward(crossEntropy(logits, y, CE_WEIGHTS));
+            opt.step();
+            student.params.zeroGrad();
+          });
+        report(await time(g, o, step, profiler), {});
+      } finally {
+        opt.dispose();
+        student.params.dispose();
+      }
+    } else {
+      // Freshly initialised teacher and student; discThreshold 1 so the discriminator steps every time, as in
+      // torch_reference (which has no accuracy gate).
+      const nets = [net(4), net(3)];
+      const [teacher, student] = await Promise.all(nets.map((n) => n.params.stateDict()));
+      for (const n of nets) n.params.dispose();
+      const t = new HadnetTrainer(g, {
+        k: o.k,
+        dropout: 0.2,
+        lr: 2e-4,
+        betas: [0.5, 0.999],
+        seed: 0,
+        lambdaAdv: 0.2,
+        discThreshold: 1,
+        classWeights: CE_WEIGHTS,
+        teacherEval: false,
+        hierarchical: true,
+      }, { teacher, student, sources: ["bench teacher", "bench student"] });
+      try {
+        g.resetPeak();
+        const step = () =>
+          scope(async () => {
+            await t.step(xt, xs, y);
+          });
+        report(await time(g, o, step, profiler), {});
+      } finally {
+        t.dispose();
+      }
+    }
+  } finally {
+    for (const x of [xt, xs, y]) x.dispose();
+  }
+  return out;
+}
+
+function parseSize(v: unknown): [number, number, number] {
+  const parts = String(v).split(",").map((p) => Number(p.trim()));
+  if (parts.length !== 3 || parts.some((p) => !Number.isInteger(p) || p < 16)) {
+    throw new UsageError(`--size must be D,H,W with integers >= 16 (four poolings), got "${v}"`);
+  }
+  return parts as [number, number, number];
+}
+
+export const benchCommand: Command = {
+  summary: "time convolutions, inference, a pre-training step or a HAD-Net step (JSON lines)",
+  usage: "hadnet bench [--mode conv|infer|pretrain|hadnet] [--size D,H,W] [--k K] [--iters N] [--warmup N] " +
+    "[--profile]\n\n" +
+    "Prints one JSON line per result with the fields of ../shared/anchors/torch_reference.py bench (impl, device, " +
+    "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
+    "between GPU syncs, peak_gib is the peak of hadnet's GPU buffer pool.\n\n" +
+    "  --mode     conv: every convolution of the U-Net and the discriminator, forward, input and weight gradients,\n" +
+    "             with TFLOP/s; infer: teacher forward (no gradients) + argmax; pretrain: student forward, backward\n" +
+    "             and AdamW step; hadnet: one HAD-Net step (teacher, student and discriminator) (default hadnet)\n" +
+    "  --size     volume D,H,W (default 160,192,160)\n" +
+    "  --k        filters of the first U-Net level (default 32)\n" +
+    "  --iters    timed iterations (default 5)\n" +
+    "  --warmup   untimed iterations first (default 2)\n" +
+    "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)",
+  options: {
+    mode: { type: "string" },
+    size: { type: "string" },
+    k: { type: "string" },
+    iters: { type: "string" },
+    warmup: { type: "string" },
+    profile: { type: "boolean" },
+  },
+  run: async (v, pos) => {
+    if (pos.length) throw new UsageError(`bench takes no positional arguments, got "${pos.join(" ")}"`);
+    const mode = (v.mode ?? "hadnet") as BenchMode;
+    if (!BENCH_MODES.includes(mode)) {
+      throw new UsageError(`--mode must be one of ${BENCH_MODES.join(", ")}, got "${mode}"`);
+    }
+    const results = await runBench({
+      mode,
+      size: parseSize(v.size ?? "160,192,160"),
+      k: intOpt(v.k, "--k") ?? 32,
+      iters: intOpt(v.iters, "--iters") ?? 5,
+      warmup: intOpt(v.warmup, "--warmup", 0) ?? 2,
+      profile: v.profile === true,
+    });
+    for (const r of results) console.log(JSON.stringify(r));
+    return 0;
+  },
+};

@@ -1,0 +1,89 @@
+import assert from "node:assert/strict";
+import { BENCH_MODES, benchCommand, convCases, runBench } from "../../src/train/bench.ts";
+import { UsageError } from "../../src/command.ts";
+import { testGpu } from "../util.ts";
+
+// The fields of ../shared/anchors/torch_reference.py bench, which hadnet's lines must share.
+const REFERENCE_FIELDS = ["impl", "device", "mode", "size", "k", "ms_median", "ms_all", "peak_gib"];
+
+/** Runs the command as the CLI does and returns its stdout lines parsed as JSON. */
+async function cli(args: Record<string, unknown>): Promise<Record<string, unknown>[]> {
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (s: string) => lines.push(s);
+  try {
+    assert.equal(await benchCommand.run(args, []), 0);
+  } finally {
+    console.log = log;
+  }
+  return lines.map((l) => JSON.parse(l));
+}
+
+for (const mode of BENCH_MODES) {
+  Deno.test(`bench --mode ${mode} prints JSON lines with the reference's fields (32^3, k=2)`, async () => {
+    await testGpu();
+    const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
+    assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 : 1);
+    for (const r of rows) {
+      for (const f of [...REFERENCE_FIELDS, "adapter", "dispatches"]) {
+        assert.ok(f in r, `field ${f} in ${JSON.stringify(r)}`);
+      }
+      assert.equal(r.impl, "hadnet");
+      assert.equal(r.mode, mode);
+      assert.deepEqual(r.size, [32, 32, 32]);
+      assert.equal(r.k, 2);
+      const all = r.ms_all as number[];
+      assert.equal(all.length, 1);
+      assert.equal(r.ms_median, all[0]);
+      assert.ok(all[0] > 0);
+      assert.ok((r.peak_gib as number) > 0);
+      assert.ok((r.dispatches as number) >= 1);
+      if (mode === "conv") {
+        assert.ok(["forward", "input_grad", "weight_grad"].includes(r.pass as string));
+        assert.ok((r.tflops as number) > 0);
+      }
+    }
+  });
+}
+
+Deno.test("bench --profile prints per-kernel GPU times or says why it cannot", async () => {
+  await testGpu();
+  const errors: string[] = [];
+  const err = console.error;
+  console.error = (s: string) => errors.push(s);
+  let rows;
+  try {
+    rows = await runBench({ mode: "infer", size: [16, 16, 16], k: 2, iters: 1, warmup: 1, profile: true });
+  } finally {
+    console.error = err;
+  }
+  const kernels = rows.filter((r) => "kernel" in r);
+  if (errors.length) {
+    assert.match(errors[0], /--profile unavailable: /);
+    assert.equal(kernels.length, 0);
+  } else {
+    assert.ok(kernels.some((r) => String(r.kernel).startsWith("conv3d_gather")));
+    const shares = kernels.map((r) => r.share as number);
+    assert.ok(Math.abs(shares.reduce((a, b) => a + b, 0) - 1) < 1e-6);
+    assert.deepEqual(shares, [...shares].sort((a, b) => b - a));
+  }
+});
+
+Deno.test("convCases covers every convolution shape of the networks", () => {
+  const cs = convCases([160, 192, 160], 32);
+  assert.equal(cs.filter((c) => c.kernel === 3).length, 13);
+  assert.deepEqual(cs.find((c) => c.name.startsWith("unet L4 16k"))?.dims, [10, 12, 10]);
+  assert.deepEqual(cs.filter((c) => c.kernel === 4).map((c) => [c.cin, c.cout, c.stride]), [
+    [7, 128, 2],
+    [256, 256, 2],
+    [512, 512, 2],
+    [1024, 1024, 2],
+    [1024, 1, 1],
+  ]);
+});
+
+Deno.test("bench rejects a bad mode or size with a usage error", async () => {
+  await assert.rejects(() => benchCommand.run({ mode: "train" }, []), UsageError);
+  await assert.rejects(() => benchCommand.run({ size: "32,32" }, []), UsageError);
+  await assert.rejects(() => benchCommand.run({ size: "8,32,32" }, []), UsageError);
+});
