@@ -1,5 +1,6 @@
 // CLI commands of the inference stage.
 import { type Command, intOpt, numOpt, reqOpt, UsageError } from "../command.ts";
+import { evaluateCommand } from "./evaluate.ts";
 
 export const inferCommands: Record<string, Command> = {
   infer: {
@@ -105,4 +106,5 @@ export const inferCommands: Record<string, Command> = {
       return summary.failed.length ? 1 : 0;
     },
   },
+  evaluate: evaluateCommand,
 };

@@ -305,7 +305,8 @@ export interface Stats {
   n: number;
 }
 
-function stats(values: number[]): Stats {
+/** Mean, median and population standard deviation of the non-NaN values. */
+export function stats(values: number[]): Stats {
   const v = Float64Array.from(values.filter((x) => !Number.isNaN(x)));
   const n = v.length;
   if (n === 0) return { mean: NaN, median: NaN, std: NaN, n };
