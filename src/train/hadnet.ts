@@ -8,26 +8,58 @@
 // features), 1) + MSE(D(student seg and features from before the student's step, detached), 0); the discriminator
 // steps only when its accuracy (mean of the fractions D(real) >= 0.5 and D(fake) <= 0.5) is <= discThreshold —
 // otherwise its Adam state, step count included, is untouched.
+//
+// Teacher and student come from pre-trained checkpoints (hadnet's .safetensors or the original's .pth); k is read from
+// the weights. Semantics, validation, best checkpoint, EMA, continuous saving and resume work as in pretrain.ts (the
+// resume checkpoint holds teacher, student, discriminator and both optimisers). Random streams: discriminator init
+// seed, shuffle seed + 1, dropout seed + 2.
 
+import type { Sample } from "../data/augment.ts";
+import { Progress } from "../data/progress.ts";
 import type { Gpu } from "../kernels/device.ts";
+import { loadWeights } from "../nn/checkpoint.ts";
 import { Discriminator } from "../nn/discriminator.ts";
 import type { StateDict } from "../nn/module.ts";
 import { add, affine } from "../nn/ops/elementwise.ts";
 import { crossEntropy, mse } from "../nn/ops/loss.ts";
 import { Adam } from "../nn/optim.ts";
 import { Rng } from "../nn/rng.ts";
+import { loadSafetensors } from "../nn/safetensors.ts";
 import { backward, noGrad, readAll, scope, type Tensor } from "../nn/tensor.ts";
-import { type FeaturePairs, UNet } from "../nn/unet.ts";
-import { CE_WEIGHTS, Ema, type Region, RunDir, saveModel, validationMetric } from "./common.ts";
-import { type SampleSource, upload, validate } from "./pretrain.ts";
-import { Progress } from "../data/progress.ts";
+import { type FeaturePairs, generatorMeta, UNet } from "../nn/unet.ts";
+import {
+  CE_WEIGHTS,
+  checkResumeConfig,
+  Ema,
+  evaluate,
+  type Evaluation,
+  loadResume,
+  prefixed,
+  type Region,
+  restoreOptimiser,
+  restoreParams,
+  RESUME_FILE,
+  RunDir,
+  saveModel,
+  SEMANTICS_FILE,
+  uploadInput,
+  uploadLabels,
+} from "./common.ts";
+import { forEachPrefetched, studentView, SubjectCache } from "./data.ts";
+import { formatDice, prepareData, type RunOptions, saveEpoch } from "./pretrain.ts";
 
 export interface HadnetConfig {
-  out: string;
+  /** Preprocessed data (the subjects' root, or a preprocessing output folder holding BRATS/). */
+  data: string;
   train: string[];
   validation: string[];
+  /** Held-out subjects with labels: the best student is evaluated on them at the end (may be empty). */
+  test: string[];
+  /** Pre-trained teacher and student weights (.safetensors or .pth). */
+  teacher: string;
+  student: string;
+  out: string;
   epochs: number;
-  k: number;
   dropout: number;
   lr: number;
   betas: [number, number];
@@ -37,6 +69,7 @@ export interface HadnetConfig {
   teacherEval: boolean;
   /** false: the AD-Net ablation (discriminator without feature pairs). */
   hierarchical: boolean;
+  continuousSaving: boolean;
   seed: number;
 }
 
@@ -50,10 +83,46 @@ export const HADNET_DEFAULTS = {
   classWeights: CE_WEIGHTS,
   teacherEval: false,
   hierarchical: true,
+  continuousSaving: false,
   seed: 0,
+  test: [] as string[],
 };
 
 export const HADNET_CHECKPOINT = "HAD_Net_BEST_VAL_VM.safetensors";
+
+export type TrainerConfig = Pick<
+  HadnetConfig,
+  "lambdaAdv" | "discThreshold" | "classWeights" | "teacherEval" | "hierarchical" | "dropout" | "lr" | "betas" | "seed"
+>;
+
+/** Pre-trained teacher and student weights with the k they share. */
+export interface PretrainedPair {
+  k: number;
+  teacher: StateDict;
+  student: StateDict;
+  sources: [string, string];
+}
+
+/**
+ * Reads the pre-trained teacher (4 sequences) and student (3): k, sequences and classes come off the weights; a
+ * wrong sequence count, class count or a k that differs between them is one error naming both files.
+ */
+export async function loadPretrainedPair(teacher: string, student: string): Promise<PretrainedPair> {
+  const read = async (path: string, role: string, sequences: number) => {
+    const { tensors } = await loadWeights(path);
+    const m = generatorMeta(tensors, path);
+    if (Number(m.sequences) !== sequences || Number(m.classes) !== 4) {
+      throw new Error(
+        `${path}: a generator for ${m.sequences} sequences and ${m.classes} classes, ` +
+          `but the ${role} takes ${sequences} sequences and 4 classes`,
+      );
+    }
+    return { tensors, k: Number(m.k) };
+  };
+  const t = await read(teacher, "teacher", 4), s = await read(student, "student", 3);
+  if (t.k !== s.k) throw new Error(`teacher ${teacher} has k = ${t.k} but student ${student} has k = ${s.k}`);
+  return { k: t.k, teacher: t.tensors, student: s.tensors, sources: [teacher, student] };
+}
 
 /** The networks and optimisers of one HAD-Net run; `step` is one sample's update. */
 export class HadnetTrainer {
@@ -62,54 +131,64 @@ export class HadnetTrainer {
   readonly disc: Discriminator;
   readonly optG: Adam;
   readonly optD: Adam;
-  readonly cfg: Pick<HadnetConfig, "lambdaAdv" | "discThreshold" | "classWeights" | "teacherEval" | "hierarchical">;
+  readonly cfg: TrainerConfig;
   readonly dropRng: Rng;
 
-  constructor(
-    g: Gpu,
-    cfg: HadnetTrainer["cfg"] & { k: number; dropout: number; lr: number; betas: [number, number]; seed: number },
-    weights: { teacher: StateDict; student: StateDict; sources: [string, string] },
-  ) {
+  constructor(g: Gpu, cfg: TrainerConfig, weights: PretrainedPair) {
     this.cfg = cfg;
-    const init = new Rng(cfg.seed);
+    const { k } = weights;
+    // The generators' init is overwritten by the checkpoints; the discriminator's is drawn from its own stream.
+    const unused = new Rng(0);
     this.dropRng = new Rng(cfg.seed + 2);
-    this.teacher = new UNet(g, { inChannels: 4, k: cfg.k, classes: 4, dropout: cfg.dropout }, init);
-    this.student = new UNet(g, { inChannels: 3, k: cfg.k, classes: 4, dropout: cfg.dropout }, init);
+    this.teacher = new UNet(g, { inChannels: 4, k, classes: 4, dropout: cfg.dropout }, unused);
+    this.student = new UNet(g, { inChannels: 3, k, classes: 4, dropout: cfg.dropout }, unused);
     this.teacher.params.load(weights.teacher, weights.sources[0]);
     this.student.params.load(weights.student, weights.sources[1]);
     for (const p of this.teacher.params.list()) p.requiresGrad = false;
-    this.disc = new Discriminator(g, { inChannels: 7, k: cfg.k, hierarchical: cfg.hierarchical }, init);
+    this.disc = new Discriminator(g, { inChannels: 7, k, hierarchical: cfg.hierarchical }, new Rng(cfg.seed));
     this.optG = new Adam(this.student.params.list(), { lr: cfg.lr, betas: cfg.betas, eps: 1e-8 });
     this.optD = new Adam(this.disc.params.list(), { lr: cfg.lr, betas: cfg.betas, eps: 1e-8 });
   }
 
   /**
    * One HAD-Net update on one sample. `training` false runs every network in eval mode (used by the golden test).
-   * Returns the losses (GPU scalars, read back by the caller in batches) and whether the discriminator stepped.
+   * Returns the losses [vox, gan, gen, disc] (GPU scalars, read back by the caller in batches), whether the
+   * discriminator stepped, and its accuracy. The generator pass is submitted before the first await.
    */
-  async step(xt: Tensor, xs: Tensor, y: Tensor, training = true): Promise<{ losses: Tensor[]; discStepped: boolean; accuracy: number }> {
+  async step(
+    xt: Tensor,
+    xs: Tensor,
+    y: Tensor,
+    training = true,
+  ): Promise<{ losses: Tensor[]; discStepped: boolean; accuracy: number }> {
     const mode = training ? { training: true, rng: this.dropRng } : { training: false };
     const feats = (f: FeaturePairs) => this.cfg.hierarchical ? f : null;
     const real = noGrad(() => this.teacher.forward(xt, this.cfg.teacherEval ? { training: false } : mode));
     const fake = this.student.forward(xs, mode);
-    // The generator pass: the discriminator's parameters take no gradient here (the original discards them).
+    // The generator pass: the discriminator's parameters take no gradient here (the original zeroes them before
+    // its own backward), so nothing of this pass can reach optD.
     const dps = this.disc.params.list();
+    let lossVox: Tensor, lossGan: Tensor, genLoss: Tensor;
     for (const p of dps) p.requiresGrad = false;
-    const adv = this.disc.forward(fake.logits, xs, feats(fake.features));
-    const lossVox = crossEntropy(fake.logits, y, this.cfg.classWeights);
-    const lossGan = mse(adv, 1);
-    const genLoss = add(lossVox, affine(lossGan, this.cfg.lambdaAdv));
-    backward(genLoss);
+    try {
+      const adv = this.disc.forward(fake.logits, xs, feats(fake.features));
+      lossVox = crossEntropy(fake.logits, y, this.cfg.classWeights);
+      lossGan = mse(adv, 1);
+      genLoss = add(lossVox, affine(lossGan, this.cfg.lambdaAdv));
+      backward(genLoss);
+    } finally {
+      for (const p of dps) p.requiresGrad = true;
+    }
     this.optG.step();
     this.student.params.zeroGrad();
-    for (const p of dps) p.requiresGrad = true;
     // The discriminator pass on detached inputs: the student's outputs from before its step.
     const detach = (f: FeaturePairs) => f.map(([a, b]) => [a.detach(), b.detach()]) as FeaturePairs;
     const dr = this.disc.forward(real.logits, xs, feats(real.features));
     const df = this.disc.forward(fake.logits.detach(), xs, feats(detach(fake.features)));
     const discLoss = add(mse(dr, 1), mse(df, 0));
     const [rv, fv] = await readAll([dr, df]);
-    const accuracy = (rv.filter((v) => v >= 0.5).length / rv.length + fv.filter((v) => v <= 0.5).length / fv.length) / 2;
+    const accuracy = (rv.filter((v) => v >= 0.5).length / rv.length + fv.filter((v) => v <= 0.5).length / fv.length) /
+      2;
     const discStepped = accuracy <= this.cfg.discThreshold;
     if (discStepped) {
       backward(discLoss);
@@ -126,57 +205,112 @@ export class HadnetTrainer {
   }
 }
 
+export interface HadnetEpoch {
+  epoch: number;
+  lossVox: number;
+  lossGan: number;
+  genLoss: number;
+  discLoss: number;
+  discAccuracy: number;
+  discSteps: number;
+  valLoss: number;
+  dice: Record<Region, number>;
+  metric: number;
+  best: boolean;
+}
+
+type RngState = ReturnType<Rng["state"]>;
+
+interface HadnetState {
+  config: HadnetConfig;
+  k: number;
+  epoch: number;
+  history: HadnetEpoch[];
+  rng: { shuffle: RngState; dropout: RngState };
+  ema: ReturnType<Ema["state"]>;
+}
+
 export async function trainHadnet(
   g: Gpu,
   cfg: HadnetConfig,
-  weights: { teacher: StateDict; student: StateDict; sources: [string, string] },
-  teacherSource: SampleSource,
-  studentSource: SampleSource,
-): Promise<{ epoch: number; metric: number; dice: Record<Region, number> }[]> {
-  if (!cfg.train.length) throw new Error("train: the training list is empty");
-  if (!cfg.validation.length) throw new Error("train: the validation list is empty");
-  const run = await RunDir.create(cfg.out, cfg);
-  const t = new HadnetTrainer(g, cfg, weights);
+  o: RunOptions = {},
+): Promise<{ history: HadnetEpoch[]; test?: Evaluation }> {
+  const { root, semantics } = await prepareData(cfg, !!o.resume);
+  const ck = o.resume ? await loadResume<HadnetState>(`${cfg.out}/${RESUME_FILE}`) : null;
+  if (ck) checkResumeConfig(ck.state.config, cfg, ["continuousSaving", "out"]);
+  // On resume every network comes from the checkpoint; otherwise from the pre-trained files.
+  const pair: PretrainedPair = ck
+    ? {
+      k: ck.state.k,
+      teacher: prefixed(ck, "teacher"),
+      student: prefixed(ck, "student"),
+      sources: [`${ck.path} (teacher)`, `${ck.path} (student)`],
+    }
+    : await loadPretrainedPair(cfg.teacher, cfg.student);
+  const cache = new SubjectCache(root, semantics, "teacher", o.cacheBytes);
+  const t = new HadnetTrainer(g, cfg, pair);
   const shuffleRng = new Rng(cfg.seed + 1);
   const ema = new Ema(0.95);
-  const history = [];
-  let bestMetric = -Infinity;
-  const bar = new Progress(cfg.epochs * (cfg.train.length + cfg.validation.length), "HAD-Net");
+  let history: HadnetEpoch[] = [];
+  let run: RunDir | null = null;
+  let bar: Progress | null = null;
   try {
-    for (let epoch = 1; epoch <= cfg.epochs; epoch++) {
-      const losses: Tensor[][] = [];
+    if (ck) {
+      restoreParams(ck, "disc", t.disc.params);
+      restoreOptimiser(ck, "optG", t.optG);
+      restoreOptimiser(ck, "optD", t.optD);
+      shuffleRng.setState(ck.state.rng.shuffle);
+      t.dropRng.setState(ck.state.rng.dropout);
+      ema.setState(ck.state.ema);
+      history = ck.state.history;
+      run = await RunDir.resume(cfg.out, ck.state.epoch);
+      run.log({ event: "resume", epoch: ck.state.epoch, epochs: cfg.epochs });
+    } else {
+      run = await RunDir.create(cfg.out, { ...cfg, k: pair.k });
+      await run.writeJson(SEMANTICS_FILE, semantics);
+      run.log({ event: "start", k: pair.k, semantics, train: cfg.train.length, validation: cfg.validation.length });
+    }
+    const first = history.length + 1;
+    const perEpoch = cfg.train.length + cfg.validation.length;
+    bar = new Progress(Math.max(0, cfg.epochs - first + 1) * perEpoch, "HAD-Net", { write: o.write });
+    const pairOf = async (id: string) => {
+      const s = await cache.get(id);
+      return { teacher: s, student: studentView(s) };
+    };
+    const studentOf = async (id: string): Promise<Sample> => studentView(await cache.get(id));
+    const bestPath = `${cfg.out}/${HADNET_CHECKPOINT}`;
+    for (let epoch = first; epoch <= cfg.epochs; epoch++) {
+      const losses: Tensor[] = [];
       let discSteps = 0, accSum = 0;
-      for (const id of shuffleRng.shuffle(cfg.train)) {
-        const [st, ss] = [await teacherSource(id), await studentSource(id)];
-        const r = await scope(async () => {
-          const [xt, y] = upload(g, st, 4, id);
-          const [xs] = upload(g, ss, 3, id);
-          return await t.step(xt, xs, y);
+      await forEachPrefetched(shuffleRng.shuffle(cfg.train), pairOf, async (id, s, prefetchNext) => {
+        const r = await scope(() => {
+          const xt = uploadInput(g, s.teacher, 4, id), xs = uploadInput(g, s.student, 3, id);
+          const step = t.step(xt, xs, uploadLabels(g, s.teacher, id));
+          prefetchNext(); // the generator pass is submitted: load the next subject meanwhile
+          return step;
         });
-        losses.push(r.losses);
+        losses.push(...r.losses);
         discSteps += r.discStepped ? 1 : 0;
         accSum += r.accuracy;
-        bar.tick();
-      }
-      const lv = await readAll(losses.flat());
-      losses.flat().forEach((x) => x.dispose());
-      const meanOf = (j: number) => lv.filter((_, i) => i % 4 === j).reduce((a, x) => a + x[0], 0) / losses.length;
-      const v = await validate(g, t.student, cfg.validation, studentSource, cfg.classWeights, () => bar.tick());
-      const metric = validationMetric(v.dice);
-      const best = metric >= bestMetric;
+        bar!.tick();
+      });
+      const lv = await readAll(losses);
+      losses.forEach((x) => x.dispose());
+      const meanOf = (j: number) => lv.filter((_, i) => i % 4 === j).reduce((a, x) => a + x[0], 0) / cfg.train.length;
+      const v = await evaluate(g, t.student, cfg.validation, studentOf, cfg.classWeights, () => bar!.tick());
+      const best = history.every((h) => v.metric >= h.metric);
       if (best) {
-        bestMetric = metric;
-        await saveModel(`${run.path}/${HADNET_CHECKPOINT}`, t.student.params, {
+        await saveModel(bestPath, t.student.params, {
           kind: "generator",
-          k: cfg.k,
+          k: pair.k,
           sequences: 3,
           classes: 4,
           role: "student",
           epoch,
         });
       }
-      const e = ema.update(metric);
-      const entry = {
+      const e = ema.update(v.metric);
+      const entry: HadnetEpoch = {
         epoch,
         lossVox: meanOf(0),
         lossGan: meanOf(1),
@@ -186,19 +320,46 @@ export async function trainHadnet(
         discSteps,
         valLoss: v.loss,
         dice: v.dice,
-        metric,
+        metric: v.metric,
         best,
-        emaMetric: e.ema,
-        emaMetricCorrected: e.corrected,
       };
-      history.push({ epoch, metric, dice: v.dice });
-      run.log(entry);
-      bar.log(`epoch ${epoch} gen ${entry.genLoss.toFixed(4)} disc ${entry.discLoss.toFixed(4)} val ${metric.toFixed(4)}`);
+      if (![entry.lossVox, entry.lossGan, entry.discLoss].every(Number.isFinite)) {
+        throw new Error(`epoch ${epoch}: a training loss is not finite (${JSON.stringify(entry)})`);
+      }
+      history = [...history, entry];
+      run.log({ ...entry, emaMetric: e.ema, emaMetricCorrected: e.corrected });
+      bar.log(
+        `epoch ${epoch}: gen ${entry.genLoss.toFixed(4)}, disc ${entry.discLoss.toFixed(4)} ` +
+          `(${discSteps} steps), metric ${v.metric.toFixed(4)}`,
+      );
+      const state: HadnetState = {
+        config: cfg,
+        k: pair.k,
+        epoch,
+        history,
+        rng: { shuffle: shuffleRng.state(), dropout: t.dropRng.state() },
+        ema: ema.state(),
+      };
+      await saveEpoch(
+        cfg.out,
+        epoch,
+        cfg.continuousSaving,
+        { teacher: t.teacher.params, student: t.student.params, disc: t.disc.params },
+        { optG: t.optG, optD: t.optD },
+        state,
+      );
     }
+    let test: Evaluation | undefined;
+    if (cfg.test.length) {
+      t.student.params.load((await loadSafetensors(bestPath)).tensors, bestPath);
+      test = await evaluate(g, t.student, cfg.test, studentOf, cfg.classWeights);
+      run.log({ event: "test", subjects: cfg.test.length, ...test });
+      bar.log(`test (best model): ${formatDice(test)}`);
+    }
+    return { history, test };
   } finally {
-    bar.finish();
-    run.close();
+    bar?.finish();
+    run?.close();
     t.dispose();
   }
-  return history;
 }

@@ -28,4 +28,14 @@ export class Plateau {
     }
     return lr;
   }
+
+  /** JSON-safe state (best is null before the first step). */
+  state(): { best: number | null; bad: number } {
+    return { best: Number.isFinite(this.best) ? this.best : null, bad: this.bad };
+  }
+
+  setState(st: { best: number | null; bad: number }) {
+    this.best = st.best ?? -Infinity;
+    this.bad = st.bad;
+  }
 }
