@@ -12,8 +12,8 @@ export const inferCommands: Record<string, Command> = {
       "(argmax of the softmax), then labels 1/2/3 become 1/2/4 (BraTS 2023 inputs keep 1/2/3), and the result is " +
       "put back into the source image space. A cropped subject larger than the semantics size is centre-cropped " +
       "with a warning and the cut region is labelled background, as the original. A failing subject is reported " +
-      "and the others go on; the exit status is 1 when any failed. config.json and log.jsonl (one line per " +
-      "subject) go into <out-dir>.\n\n" +
+      "and the others go on; the exit status is 1 when any failed. <out-dir>/infer.jsonl gets the options, one " +
+      "line per subject (done, skipped or failed, with time and warnings) and a summary, appended by each run.\n\n" +
       "Options:\n" +
       "  --model FILE          generator weights: hadnet .safetensors, or the original's .pth (k, sequences and\n" +
       "                        classes are read off the weights)\n" +

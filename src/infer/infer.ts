@@ -26,7 +26,7 @@ import {
 } from "../data/loader.ts";
 import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
 import { preprocessImages, type PreprocessMeta, restoreToOriginal } from "../data/preprocess.ts";
-import { Progress } from "../data/progress.ts";
+import { JsonlLog, Progress } from "../data/progress.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { loadWeights } from "../nn/checkpoint.ts";
 import { add, affine } from "../nn/ops/elementwise.ts";
@@ -34,7 +34,6 @@ import { argmax, softmax } from "../nn/ops/loss.ts";
 import { Rng } from "../nn/rng.ts";
 import { noGrad, scope, Tensor } from "../nn/tensor.ts";
 import { generatorMeta, UNet } from "../nn/unet.ts";
-import { RunDir } from "../train/common.ts";
 import { regionUncertainty, relabelSmallEt, UNCERTAINTY_REGIONS, type UncertaintyRegion } from "./postprocess.ts";
 
 export const CLASSES = 4;
@@ -42,7 +41,7 @@ export const CLASSES = 4;
 export interface InferOptions {
   /** Raw dataset root, any layout of brats.ts. */
   input: string;
-  /** Output folder: <id>.nii.gz, uncertainty maps, config.json, log.jsonl. */
+  /** Output folder: <id>.nii.gz, uncertainty maps, infer.jsonl. */
   out: string;
   model: string;
   semantics: string;
@@ -298,6 +297,9 @@ export function unfit(vol: Uint8Array, target: readonly number[], shape: readonl
   return out;
 }
 
+/** The JSON-lines log in the output folder, appended by every invocation. */
+export const LOG_FILE = "infer.jsonl";
+
 /** 0..100 pass through restoreToOriginal unchanged: it maps class index i to classLabels[i]. */
 const PERCENT = Array.from({ length: 101 }, (_, i) => i);
 
@@ -358,7 +360,7 @@ async function inferSubject(
 
 /**
  * Segments every selected subject, skipping finished ones unless `force`. A failing subject is reported by id and
- * the others go on; config.json and log.jsonl (one line per subject, then a summary) go into the output folder.
+ * the others go on. infer.jsonl in the output folder gets the options, one line per subject, then a summary.
  */
 export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummary> {
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
@@ -378,13 +380,15 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (!subjects.length) throw new Error(`${o.input}: no subjects found`);
   const net = await loadGenerator(g, o.model, o.role, o.k, o.dropout);
   const { write: _w, ...config } = o;
-  const run = await RunDir.create(o.out, { command: "infer", ...config, semanticsShape: semantics.shape });
+  await Deno.mkdir(o.out, { recursive: true });
+  const run = await JsonlLog.open(`${o.out}/${LOG_FILE}`);
+  run.write({ event: "start", config, semanticsShape: semantics.shape });
   const summary: InferSummary = { done: [], skipped: [], failed: [], warnings: [] };
   const todo = subjects.filter((s) => {
     const done = !o.force && outputNames(s.id, o.uncertainty !== undefined).every((f) => exists(`${o.out}/${f}`));
     if (done) {
       summary.skipped.push(s.id);
-      run.log({ id: s.id, status: "skipped" });
+      run.write({ id: s.id, status: "skipped" });
     }
     return !done;
   });
@@ -397,13 +401,13 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
         for (const w of warnings) bar.log(`warning: ${w}`);
         summary.warnings.push(...warnings);
         summary.done.push(s.id);
-        run.log({ id: s.id, status: "done", seconds: (performance.now() - t0) / 1000, warnings });
+        run.write({ id: s.id, status: "done", seconds: (performance.now() - t0) / 1000, warnings });
       } catch (e) {
         const msg = (e as Error).message;
         const reason = msg.includes(s.id) ? msg : `subject ${s.id}: ${msg}`;
         summary.failed.push({ id: s.id, reason });
         bar.log(`failed: ${reason}`);
-        run.log({ id: s.id, status: "failed", seconds: (performance.now() - t0) / 1000, reason });
+        run.write({ id: s.id, status: "failed", seconds: (performance.now() - t0) / 1000, reason });
       }
       bar.tick(1, s.id);
     }
@@ -411,7 +415,7 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
     const line = `infer: ${summary.done.length} segmented, ${summary.skipped.length} already done, ` +
       `${summary.failed.length} failed, ${summary.warnings.length} warnings (of ${subjects.length} subjects)`;
     write(line + "\n");
-    run.log({ summary: line, ...summary });
+    run.write({ summary: line, ...summary });
   } finally {
     run.close();
     net.params.dispose();

@@ -1,0 +1,327 @@
+// `hadnet infer` on tiny synthetic BraTS data (40x36x30, cropped to about 23x29x32: padded in some dims, cut in
+// others) with randomly initialised k=2 generators; the outputs are checked with nibabel (/usr/bin/python3) and
+// against the brain box computed here from the source NIfTIs. Plus the pure parts: fit/unfit, window starts, the
+// Gaussian map, 26-connected components and the small-ET relabelling, region uncertainty.
+import assert from "node:assert/strict";
+import { main } from "../../main.ts";
+import { readNifti } from "../../src/data/nifti.ts";
+import { writeSynthDataset } from "../../src/data/synth.ts";
+import { copyBox, fitBox, gaussianWindow, unfit, windowStarts } from "../../src/infer/infer.ts";
+import { components26, regionUncertainty, relabelSmallEt } from "../../src/infer/postprocess.ts";
+import { saveSafetensors } from "../../src/nn/safetensors.ts";
+import { readJsonl } from "../../src/data/progress.ts";
+import { Rng } from "../../src/nn/rng.ts";
+import { UNet } from "../../src/nn/unet.ts";
+import { saveModel } from "../../src/train/common.ts";
+import { testGpu } from "../util.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const SIZE: [number, number, number] = [40, 36, 30];
+const IDS = ["BraTS19_SYN_0001_1", "BraTS19_SYN_0002_1"];
+
+async function python(code: string, ...args: string[]): Promise<string> {
+  const r = await new Deno.Command("/usr/bin/python3", { args: ["-c", code, ...args] }).output();
+  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
+  return new TextDecoder().decode(r.stdout).trim();
+}
+
+/** shape, dtype, unique values, and whether the affine equals the reference file's, as nibabel reads them. */
+async function nib(
+  path: string,
+  ref: string,
+): Promise<{ shape: number[]; dtype: string; values: number[]; affine: boolean }> {
+  return JSON.parse(
+    await python(
+      "import sys,json,numpy as np,nibabel as nb\n" +
+        "a=nb.load(sys.argv[1]);r=nb.load(sys.argv[2]);d=np.asanyarray(a.dataobj)\n" +
+        "print(json.dumps({'shape':list(a.shape),'dtype':str(d.dtype),'values':np.unique(d).tolist()," +
+        "'affine':bool(np.allclose(a.affine,r.affine,atol=1e-6))}))",
+      path,
+      ref,
+    ),
+  );
+}
+
+/** Voxels (x-fastest) non-zero in every sequence: their bounding box [lo, hi] per source axis. */
+async function brainBox(dir: string, id: string): Promise<{ lo: number[]; hi: number[] }> {
+  const vols = await Promise.all(["flair", "t1", "t1ce", "t2"].map((s) => readNifti(`${dir}/${id}_${s}.nii.gz`)));
+  const [X, Y, Z] = SIZE;
+  const lo = [X, Y, Z], hi = [-1, -1, -1];
+  for (let z = 0, i = 0; z < Z; z++) {
+    for (let y = 0; y < Y; y++) {
+      for (let x = 0; x < X; x++, i++) {
+        if (vols.some((v) => v.data[i] === 0)) continue;
+        [x, y, z].forEach((c, a) => {
+          lo[a] = Math.min(lo[a], c);
+          hi[a] = Math.max(hi[a], c);
+        });
+      }
+    }
+  }
+  return { lo, hi };
+}
+
+interface Fixture {
+  dir: string;
+  raw: string;
+  student: string;
+  studentEt: string;
+  teacher: string;
+  sem32: string;
+  sem16: string;
+}
+
+/** Two synthetic subjects, k=2 student/teacher models (one biased to ET everywhere), two semantics files. */
+async function fixture(): Promise<Fixture> {
+  const g = await testGpu();
+  const dir = await Deno.makeTempDir({ prefix: "hadnet-infer-" });
+  const raw = `${dir}/raw`;
+  await writeSynthDataset({ out: raw, n: 2, size: SIZE, seed: 3 });
+  const f: Fixture = {
+    dir,
+    raw,
+    student: `${dir}/student.safetensors`,
+    studentEt: `${dir}/student_et.safetensors`,
+    teacher: `${dir}/teacher.safetensors`,
+    sem32: `${dir}/sem32.json`,
+    sem16: `${dir}/sem16.json`,
+  };
+  for (const [path, inChannels] of [[f.student, 3], [f.teacher, 4]] as const) {
+    const net = new UNet(g, { inChannels, k: 2, classes: 4, dropout: 0.2 }, new Rng(inChannels));
+    await saveModel(path, net.params, { kind: "generator", k: 2, sequences: inChannels, classes: 4 });
+    if (inChannels === 3) {
+      const sd = await net.params.stateDict();
+      sd.get("conv_out.bias")!.data.set([0, 0, 0, 1000]);
+      await saveSafetensors(f.studentEt, sd, { kind: "generator", k: "2", sequences: "3", classes: "4" });
+    }
+    net.params.dispose();
+  }
+  const sem = (shape: number[]) => JSON.stringify({ shape, teacherChannels: 4, studentChannels: 3 });
+  await Deno.writeTextFile(f.sem32, sem([32, 32, 32]));
+  await Deno.writeTextFile(f.sem16, sem([16, 32, 32]));
+  return f;
+}
+
+async function withFixture(fn: (f: Fixture) => Promise<void>) {
+  const f = await fixture();
+  try {
+    await fn(f);
+  } finally {
+    await Deno.remove(f.dir, { recursive: true });
+  }
+}
+
+const infer = (f: Fixture, out: string, model: string, sem: string, ...rest: string[]) =>
+  main(["infer", f.raw, out, "--model", model, "--semantics", sem, ...rest]);
+
+Deno.test("fitBox/unfit: pad from floor(diff/2), cut from |floor(diff/2)| as the original; unfit inverts", () => {
+  const box = fitBox([23, 29, 35], [32, 32, 32]);
+  assert.deepEqual(box, { src: [0, 0, 2], dst: [4, 1, 0], size: [23, 29, 32] });
+  // 7 too many: numpy's abs((-7)//2) = 4 cut in front, 3 behind.
+  assert.deepEqual(fitBox([23], [16]).src, [4]);
+  const shape = [3, 4, 5], target = [4, 2, 6];
+  const vol = Uint8Array.from({ length: 60 }, (_, i) => 1 + (i % 250));
+  const padded = new Uint8Array(48);
+  const b = fitBox(shape, target);
+  copyBox(vol, shape, b.src, padded, target, b.dst, b.size);
+  const back = unfit(padded, target, shape);
+  for (let d = 0, i = 0; d < 3; d++) {
+    for (let h = 0; h < 4; h++) {
+      for (let w = 0; w < 5; w++, i++) assert.equal(back[i], h === 1 || h === 2 ? vol[i] : 0, `(${d},${h},${w})`);
+    }
+  }
+});
+
+Deno.test("sliding windows: nnU-Net starts cover the volume with the overlap; Gaussian peak 1, sigma n/8", () => {
+  assert.deepEqual(windowStarts(32, 32, 0.5), [0]);
+  assert.deepEqual(windowStarts(32, 48, 0.5), [0]);
+  assert.deepEqual(windowStarts(32, 16, 0.5), [0, 8, 16]);
+  assert.deepEqual(windowStarts(48, 32, 0), [0, 16]);
+  assert.deepEqual(windowStarts(100, 32, 0.5), [0, 14, 27, 41, 54, 68]);
+  const gw = gaussianWindow([16, 8, 32]);
+  assert.equal(gw[(8 * 8 + 4) * 32 + 16], 1);
+  // One sigma (2 voxels) from the centre along the first axis.
+  assert.ok(Math.abs(gw[(10 * 8 + 4) * 32 + 16] - Math.exp(-0.5)) < 1e-12);
+  assert.ok(gw.every((v) => v > 0 && v <= 1));
+});
+
+Deno.test("components26 connects diagonal neighbours; relabelSmallEt turns small ET components into necrosis", () => {
+  const shape = [4, 5, 6];
+  const pred = new Uint8Array(120);
+  const at = (d: number, h: number, w: number) => (d * 5 + h) * 6 + w;
+  // A 3-voxel diagonal chain (26- but not 6-connected), a 5-voxel block, one isolated voxel, oedema around.
+  for (const [d, h, w] of [[0, 0, 0], [1, 1, 1], [2, 2, 0]]) pred[at(d, h, w)] = 3;
+  for (const [d, h, w] of [[0, 4, 4], [0, 4, 5], [1, 4, 5], [1, 3, 5], [0, 3, 5]]) pred[at(d, h, w)] = 3;
+  pred[at(3, 0, 5)] = 3;
+  pred[at(3, 4, 0)] = 2;
+  const { labels, sizes } = components26(pred.map((c) => (c === 3 ? 1 : 0)), shape);
+  assert.deepEqual(sizes, [0, 3, 5, 1]);
+  assert.equal(labels[at(2, 2, 0)], labels[at(0, 0, 0)]);
+  const before = pred.slice();
+  assert.equal(relabelSmallEt(pred, shape, 4), 4);
+  for (let i = 0; i < 120; i++) {
+    const small = before[i] === 3 && sizes[labels[i]] < 4;
+    assert.equal(pred[i], small ? 1 : before[i], `voxel ${i}`);
+  }
+  assert.equal(relabelSmallEt(pred, shape, 1), 0);
+  assert.throws(() => components26(new Uint8Array(5), [1, 2, 3]), /5 voxels does not match shape \[1,2,3\]/);
+});
+
+Deno.test("regionUncertainty: 100 * binary entropy in bits of the summed region probability", () => {
+  // Classes [bg, NET, ED, ET] x 3 voxels.
+  const p = Float32Array.from([
+    [1, 0.5, 0.25],
+    [0, 0, 0.25],
+    [0, 0.25, 0.25],
+    [0, 0.25, 0.25],
+  ].flat());
+  const u = regionUncertainty(p, 3);
+  const h = (q: number) => Math.round(100 * -(q * Math.log2(q) + (1 - q) * Math.log2(1 - q)));
+  assert.deepEqual([...u.whole], [0, 100, h(0.75)]);
+  assert.deepEqual([...u.core], [0, h(0.25), 100]);
+  assert.deepEqual([...u.enhance], [0, h(0.25), h(0.25)]);
+});
+
+Deno.test("infer: labels in the FLAIR's grid (nibabel), background outside the brain box, cut region, skip, ids", async () => {
+  await withFixture(async (f) => {
+    const out = `${f.dir}/out`;
+    assert.equal(await infer(f, out, f.student, f.sem32), 0);
+    for (const id of IDS) {
+      const flair = `${f.raw}/HGG/${id}/${id}_flair.nii.gz`;
+      const r = await nib(`${out}/${id}.nii.gz`, flair);
+      assert.deepEqual(r.shape, SIZE);
+      assert.equal(r.dtype, "uint8");
+      assert.ok(r.affine, "affine differs from the flair's");
+      assert.ok(r.values.every((v) => [0, 1, 2, 4].includes(v)), `labels ${r.values}`);
+      const { lo, hi } = await brainBox(`${f.raw}/HGG/${id}`, id);
+      const seg = (await readNifti(`${out}/${id}.nii.gz`)).data;
+      for (let z = 0, i = 0; z < SIZE[2]; z++) {
+        for (let y = 0; y < SIZE[1]; y++) {
+          for (let x = 0; x < SIZE[0]; x++, i++) {
+            const inside = [x, y, z].every((c, a) => c >= lo[a] && c <= hi[a]);
+            if (!inside) assert.equal(seg[i], 0, `${id}: label ${seg[i]} outside the brain box at (${x},${y},${z})`);
+          }
+        }
+      }
+    }
+    const log = readJsonl(`${out}/infer.jsonl`);
+    assert.deepEqual(log.filter((l) => l.status === "done").map((l) => l.id), IDS);
+    assert.equal(log[0].event, "start");
+    assert.deepEqual(log[0].semanticsShape, [32, 32, 32]);
+
+    // Finished subjects are skipped unless --force.
+    const mtime = Deno.statSync(`${out}/${IDS[0]}.nii.gz`).mtime!.getTime();
+    assert.equal(await infer(f, out, f.student, f.sem32, "--ids", IDS[0]), 0);
+    assert.equal(Deno.statSync(`${out}/${IDS[0]}.nii.gz`).mtime!.getTime(), mtime);
+    assert.equal(readJsonl(`${out}/infer.jsonl`).at(-2)!.status, "skipped");
+    assert.equal(await infer(f, out, f.student, f.sem32, "--ids", IDS[0], "--force"), 0);
+    assert.equal(readJsonl(`${out}/infer.jsonl`).at(-2)!.status, "done");
+    await assert.rejects(
+      infer(f, out, f.student, f.sem32, "--ids", `${IDS[0]},BraTS19_NOPE_1`),
+      /no subject BraTS19_NOPE_1/,
+    );
+
+    // A model that says ET everywhere: exactly the brain box is 4, minus the z slices the 16-deep semantics cut.
+    const cut = `${f.dir}/cut`;
+    assert.equal(await infer(f, cut, f.studentEt, f.sem16, "--ids", IDS[0]), 0);
+    const { lo, hi } = await brainBox(`${f.raw}/HGG/${IDS[0]}`, IDS[0]);
+    const depth = hi[2] - lo[2] + 1, from = lo[2] - Math.floor((16 - depth) / 2);
+    assert.ok(depth > 16, `the test needs a cut: depth ${depth}`);
+    const seg = (await readNifti(`${cut}/${IDS[0]}.nii.gz`)).data;
+    for (let z = 0, i = 0; z < SIZE[2]; z++) {
+      for (let y = 0; y < SIZE[1]; y++) {
+        for (let x = 0; x < SIZE[0]; x++, i++) {
+          const inside = [x, y, z].every((c, a) => c >= lo[a] && c <= hi[a]) && z >= from && z < from + 16;
+          assert.equal(seg[i], inside ? 4 : 0, `(${x},${y},${z})`);
+        }
+      }
+    }
+    const warned = readJsonl(`${cut}/infer.jsonl`)[1].warnings as string[];
+    assert.match(warned.join("\n"), /exceeds the semantics size \[16,32,32\] in dim 0; centre-cropped/);
+  });
+});
+
+Deno.test("infer: --patch covering the padded volume equals whole-volume inference; smaller windows run", async () => {
+  await withFixture(async (f) => {
+    const id = IDS[1];
+    const read = async (dir: string) => (await readNifti(`${f.dir}/${dir}/${id}.nii.gz`)).data;
+    assert.equal(await infer(f, `${f.dir}/whole`, f.student, f.sem32, "--ids", id), 0);
+    assert.equal(await infer(f, `${f.dir}/one`, f.student, f.sem32, "--ids", id, "--patch", "32,48,32"), 0);
+    assert.deepEqual(await read("one"), await read("whole"));
+    const args = ["--ids", id, "--patch", "16,32,16", "--uncertainty", "entropy"];
+    assert.equal(await infer(f, `${f.dir}/win`, f.student, f.sem32, ...args), 0);
+    const seg = await read("win");
+    assert.ok(seg.every((v) => [0, 1, 2, 4].includes(v)));
+    for (const r of ["whole", "core", "enhance"]) {
+      const u = (await readNifti(`${f.dir}/win/${id}_unc_${r}.nii.gz`)).data;
+      assert.ok(u.every((v) => v >= 0 && v <= 100));
+    }
+    await assert.rejects(infer(f, `${f.dir}/bad`, f.student, f.sem32, "--patch", "16,20,16"), /multiples of 16/);
+  });
+});
+
+Deno.test("infer: entropy and MC-dropout uncertainty maps (uint8 0..100, named as BraTS), seeded MC", async () => {
+  await withFixture(async (f) => {
+    const id = IDS[0];
+    const flair = `${f.raw}/HGG/${id}/${id}_flair.nii.gz`;
+    const regions = ["whole", "core", "enhance"];
+    for (const mode of ["entropy", "mc"]) {
+      const out = `${f.dir}/${mode}`;
+      const args = ["--ids", id, "--uncertainty", mode, "--mc-samples", "2", "--seed", "5"];
+      assert.equal(await infer(f, out, f.student, f.sem32, ...args), 0);
+      const names = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => n.endsWith(".nii.gz")).sort();
+      assert.deepEqual(names, [`${id}.nii.gz`, ...regions.map((r) => `${id}_unc_${r}.nii.gz`)].sort());
+      for (const r of regions) {
+        const n = await nib(`${out}/${id}_unc_${r}.nii.gz`, flair);
+        assert.equal(n.dtype, "uint8");
+        assert.deepEqual(n.shape, SIZE);
+        assert.ok(n.affine);
+        assert.ok(n.values.every((v) => v >= 0 && v <= 100), `${mode} ${r}: ${n.values}`);
+        assert.ok(n.values.some((v) => v > 0), `${mode} ${r}: all certain`);
+      }
+      if (mode === "mc") {
+        // Same seed, same maps; the label map stays the eval-mode one.
+        const again = `${f.dir}/mc2`;
+        assert.equal(await infer(f, again, f.student, f.sem32, ...args), 0);
+        for (const r of regions) {
+          const a = (await readNifti(`${out}/${id}_unc_${r}.nii.gz`)).data;
+          assert.deepEqual((await readNifti(`${again}/${id}_unc_${r}.nii.gz`)).data, a);
+        }
+        const entropySeg = (await readNifti(`${f.dir}/entropy/${id}.nii.gz`)).data;
+        assert.deepEqual((await readNifti(`${out}/${id}.nii.gz`)).data, entropySeg);
+      }
+    }
+  });
+});
+
+Deno.test("infer: a model of the wrong sequence count or k is one error; a failing subject does not stop the rest", async () => {
+  await withFixture(async (f) => {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "main.ts", "infer", f.raw, `${f.dir}/o`, "--model", f.teacher, "--semantics", f.sem32],
+      cwd: ROOT,
+    }).output();
+    const stderr = new TextDecoder().decode(r.stderr).trimEnd();
+    assert.equal(r.code, 1, stderr);
+    assert.equal(stderr.split("\n").length, 1, stderr);
+    assert.match(
+      stderr,
+      /^hadnet: .*teacher\.safetensors: model does not fit: it takes 4 sequences but a student takes 3$/,
+    );
+    await assert.rejects(
+      infer(f, `${f.dir}/o`, f.student, f.sem32, "--k", "4"),
+      /student\.safetensors: model does not fit: it has k = 2 but --k 4 was asked for/,
+    );
+    // The teacher model takes the teacher role; a subject without t2 fails on its own.
+    const broken = `${f.raw}/HGG/BraTS19_SYN_0009_1`;
+    await Deno.mkdir(broken);
+    for (const s of ["flair", "t1", "t1ce"]) {
+      await Deno.copyFile(`${f.raw}/HGG/${IDS[0]}/${IDS[0]}_${s}.nii.gz`, `${broken}/BraTS19_SYN_0009_1_${s}.nii.gz`);
+    }
+    const out = `${f.dir}/teacher`;
+    assert.equal(await infer(f, out, f.teacher, f.sem32, "--role", "teacher"), 1);
+    for (const id of IDS) Deno.statSync(`${out}/${id}.nii.gz`);
+    const failed = readJsonl(`${out}/infer.jsonl`).filter((l) => l.status === "failed");
+    assert.equal(failed.length, 1);
+    assert.match(String(failed[0].reason), /^subject BraTS19_SYN_0009_1: missing t2/);
+  });
+});
