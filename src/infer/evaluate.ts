@@ -326,8 +326,9 @@ const enc = new TextEncoder();
 /** Evaluates every prediction in cfg.pred against cfg.gt and writes the outputs; see the header. */
 export async function evaluate(cfg: EvaluateConfig): Promise<Evaluation> {
   const out = cfg.out ?? `${cfg.pred}/evaluation`;
+  const preds = findPredictions(cfg.pred);
   const gtSet = findGroundTruth(cfg.gt);
-  const pairs = pairSubjects(findPredictions(cfg.pred), gtSet, cfg.gt);
+  const pairs = pairSubjects(preds, gtSet, cfg.gt);
   // Run logs are read before the long part so a wrong folder fails at once.
   const curves: RunCurves[] = (cfg.runs ?? []).map(readRunCurves);
   const labelET = cfg.labelET ?? (pairs.every(([, g]) => g.brats2023) ? 3 : 4);
