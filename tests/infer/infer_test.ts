@@ -193,6 +193,7 @@ Deno.test("infer: labels in the FLAIR's grid (nibabel), background outside the b
       assert.equal(r.dtype, "uint8");
       assert.ok(r.affine, "affine differs from the flair's");
       assert.ok(r.values.every((v) => [0, 1, 2, 4].includes(v)), `labels ${r.values}`);
+      assert.ok(r.values.length > 2, `the random model should predict several classes, got ${r.values}`);
       const { lo, hi } = await brainBox(`${f.raw}/HGG/${id}`, id);
       const seg = (await readNifti(`${out}/${id}.nii.gz`)).data;
       for (let z = 0, i = 0; z < SIZE[2]; z++) {
@@ -238,6 +239,19 @@ Deno.test("infer: labels in the FLAIR's grid (nibabel), background outside the b
     }
     const warned = readJsonl(`${cut}/infer.jsonl`)[1].warnings as string[];
     assert.match(warned.join("\n"), /exceeds the semantics size \[16,32,32\] in dim 0; centre-cropped/);
+
+    // BraTS 2023 names (flat layout) keep ET as label 3.
+    const id23 = "BraTS-GLI-00001-000", raw23 = `${f.dir}/raw23`;
+    await Deno.mkdir(`${raw23}/${id23}`, { recursive: true });
+    for (const [ours, theirs] of [["flair", "t2f"], ["t1", "t1n"], ["t1ce", "t1c"], ["t2", "t2w"]]) {
+      await Deno.copyFile(
+        `${f.raw}/HGG/${IDS[0]}/${IDS[0]}_${ours}.nii.gz`,
+        `${raw23}/${id23}/${id23}-${theirs}.nii.gz`,
+      );
+    }
+    const out23 = `${f.dir}/out23`;
+    assert.equal(await main(["infer", raw23, out23, "--model", f.studentEt, "--semantics", f.sem32]), 0);
+    assert.deepEqual((await nib(`${out23}/${id23}.nii.gz`, `${raw23}/${id23}/${id23}-t2f.nii.gz`)).values, [0, 3]);
   });
 });
 
@@ -248,6 +262,18 @@ Deno.test("infer: --patch covering the padded volume equals whole-volume inferen
     assert.equal(await infer(f, `${f.dir}/whole`, f.student, f.sem32, "--ids", id), 0);
     assert.equal(await infer(f, `${f.dir}/one`, f.student, f.sem32, "--ids", id, "--patch", "32,48,32"), 0);
     assert.deepEqual(await read("one"), await read("whole"));
+    // The same weights as a PyTorch state dict (torch.save) give the same labels.
+    await python(
+      "import sys,json,struct,numpy as np,torch\n" +
+        "b=open(sys.argv[1],'rb').read();n=struct.unpack('<Q',b[:8])[0];h=json.loads(b[8:8+n]);d=b[8+n:]\n" +
+        "t=lambda v:torch.from_numpy(np.frombuffer(d[v['data_offsets'][0]:v['data_offsets'][1]],'<f4')" +
+        ".reshape(v['shape']).copy())\n" +
+        "torch.save({k:t(v) for k,v in h.items() if k!='__metadata__'},sys.argv[2])",
+      f.student,
+      `${f.dir}/student.pth`,
+    );
+    assert.equal(await infer(f, `${f.dir}/pth`, `${f.dir}/student.pth`, f.sem32, "--ids", id), 0);
+    assert.deepEqual(await read("pth"), await read("whole"));
     const args = ["--ids", id, "--patch", "16,32,16", "--uncertainty", "entropy"];
     assert.equal(await infer(f, `${f.dir}/win`, f.student, f.sem32, ...args), 0);
     const seg = await read("win");
