@@ -6,14 +6,15 @@ export const inferCommands: Record<string, Command> = {
   infer: {
     summary: "segment raw BraTS subjects with a trained generator (NIfTI labels, optional uncertainty maps)",
     usage: "hadnet infer <input-dir> <out-dir> --model FILE --semantics FILE [options]\n\n" +
-      "Segments every subject under <input-dir> (BraTS 2019 HGG/LGG folders, flat 2020/2021, or 2023 names) and " +
-      "writes <out-dir>/<id>.nii.gz (uint8, the FLAIR's grid and geometry). Each subject is preprocessed in memory " +
-      "as `preprocess` does, normalised and padded to the semantics size as in training, segmented in eval mode " +
-      "(argmax of the softmax), then labels 1/2/3 become 1/2/4 (BraTS 2023 inputs keep 1/2/3), and the result is " +
-      "put back into the source image space. A cropped subject larger than the semantics size is centre-cropped " +
-      "with a warning and the cut region is labelled background, as the original. A failing subject is reported " +
-      "and the others go on; the exit status is 1 when any failed. <out-dir>/infer.jsonl gets the options, one " +
-      "line per subject (done, skipped or failed, with time and warnings) and a summary, appended by each run.\n\n" +
+      "Segments every subject under <input-dir> (BraTS 2019 HGG/LGG folders, flat 2020/2021, or 2023 names) and\n" +
+      "writes <out-dir>/<id>.nii.gz (uint8, the FLAIR's grid and geometry). Each subject is preprocessed in\n" +
+      "memory as `preprocess` does, normalised and padded to the semantics size as in training, segmented in eval\n" +
+      "mode (argmax of the softmax); then labels 1/2/3 become 1/2/4 (BraTS 2023 inputs keep 1/2/3) and the result\n" +
+      "goes back into the source image space. A cropped subject larger than the semantics size is centre-cropped\n" +
+      "with a warning and the cut region is labelled background, as the original. Subjects whose outputs exist\n" +
+      "are skipped unless --force. A failing subject is reported and the others go on; the exit status is 1 when\n" +
+      "any failed. <out-dir>/infer.jsonl gets the options, one line per subject (done, skipped or failed, with\n" +
+      "time and warnings) and a summary, appended by each run.\n\n" +
       "Options:\n" +
       "  --model FILE          generator weights: hadnet .safetensors, or the original's .pth (k, sequences and\n" +
       "                        classes are read off the weights)\n" +

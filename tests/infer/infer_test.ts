@@ -4,6 +4,7 @@
 // Gaussian map, 26-connected components and the small-ET relabelling, region uncertainty.
 import assert from "node:assert/strict";
 import { main } from "../../main.ts";
+import { inferCommands } from "../../src/infer/commands.ts";
 import { readNifti } from "../../src/data/nifti.ts";
 import { writeSynthDataset } from "../../src/data/synth.ts";
 import { copyBox, fitBox, gaussianWindow, unfit, windowStarts } from "../../src/infer/infer.ts";
@@ -113,6 +114,12 @@ async function withFixture(fn: (f: Fixture) => Promise<void>) {
 
 const infer = (f: Fixture, out: string, model: string, sem: string, ...rest: string[]) =>
   main(["infer", f.raw, out, "--model", model, "--semantics", sem, ...rest]);
+
+Deno.test("infer --help documents every option", () => {
+  const { usage, options } = inferCommands.infer;
+  assert.ok(usage.startsWith("hadnet infer <input-dir> <out-dir>"));
+  for (const o of Object.keys(options)) assert.ok(usage.includes(`--${o} `), `--${o} missing from --help`);
+});
 
 Deno.test("fitBox/unfit: pad from floor(diff/2), cut from |floor(diff/2)| as the original; unfit inverts", () => {
   const box = fitBox([23, 29, 35], [32, 32, 32]);
