@@ -1,5 +1,5 @@
-// `hadnet infer`: segmentation of raw BraTS subjects, as the original inference.py plus its preprocessing, in one
-// pass per subject and without intermediate files.
+// `hadnet infer`: segmentation of raw BraTS subjects, as the original inference.py plus its preprocessing, without
+// intermediate files: one forward per subject (or per window), plus N dropout passes for MC uncertainty.
 //
 // Per subject: the NIfTIs are preprocessed in memory (preprocessImages: transpose to [z, y, x], y flip, crop to the
 // brain box, uint16), each sequence is normalised over the brain mask (normalizeSequence) and fitted to the
@@ -13,7 +13,8 @@
 // Sliding window (`patch`): window starts spread evenly with at least the requested overlap (nnU-Net's rule), each
 // window's softmax weighted by a Gaussian with sigma = window / 8 per axis (peak 1), summed in float64 and divided by
 // the summed weights. Monte-Carlo dropout: the network in training mode (only dropout differs: instance norm has no
-// running statistics), one Rng(seed) per subject so results do not depend on which subjects run before.
+// running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
+// map stays the eval-mode one whatever the uncertainty mode.
 
 import { discoverSubjects, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
