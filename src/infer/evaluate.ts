@@ -361,14 +361,14 @@ export async function evaluate(cfg: EvaluateConfig): Promise<Evaluation> {
       results.push(res);
       bar.tick(1, `${p.id} WT Dice ${metrics.WT.dice.toFixed(3)}`);
     }
+    if (skippedNoBrainMask.length > 0) {
+      bar.log(
+        `uncertainty maps of ${listIds(skippedNoBrainMask)} not scored: no FLAIR for the brain mask ` +
+          `(give --gt as a BraTS folder with the images)`,
+      );
+    }
   } finally {
     bar.finish();
-  }
-  if (skippedNoBrainMask.length > 0) {
-    bar.log(
-      `uncertainty maps of ${listIds(skippedNoBrainMask)} not scored: no FLAIR for the brain mask ` +
-        `(give --gt as a BraTS folder with the images)`,
-    );
   }
   const withUnc = results.filter((r) => r.uncertainty);
   const evaluated = new Set(results.map((r) => r.id));

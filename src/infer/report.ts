@@ -1,7 +1,7 @@
 // The evaluation report: report.html, a plain static page (no script), with its images in report/:
 // - summary tables (Dice and HD95 per region; uncertainty scores when present);
 // - a Dice box plot per region (boxPlotPng, axis 0..1);
-// - for a few subjects (lowest, median and highest WT Dice), the axial slice with the largest ground-truth tumour area
+// - for a few subjects spread over the WT Dice ranking (by default lowest, median, highest), the axial slice with the largest ground-truth tumour area
 //   (the prediction's when the ground truth is empty, the middle slice when both are) of each sequence, once with the
 //   prediction and once with the ground truth overlaid (label maps over black when the ground truth has no images);
 // - per run folder, the validation metric (and WT/TC/ET Dice) and the losses per epoch from its log.jsonl
@@ -210,7 +210,7 @@ export async function writeReport(input: ReportInput): Promise<string[]> {
   const shown = pickShown(input.results, input.shown);
   if (shown.length > 0) {
     html.push(
-      `<h2>Subjects</h2><p>Lowest, median and highest WT Dice. Axial slice with the largest ground-truth tumour ` +
+      `<h2>Subjects</h2><p>Spread over the WT Dice ranking, lowest first. Axial slice with the largest ground-truth tumour ` +
         `area; labels ${swatch(LABEL_COLOURS.NET)}NET ${swatch(LABEL_COLOURS.ED)}ED ${swatch(LABEL_COLOURS.ET)}ET.</p>`,
     );
   }

@@ -271,6 +271,14 @@ Deno.test("evaluate: ET label 3 (folder of label maps, and BraTS 2023 names by d
     assert.equal(m.ET.dice, 2 * 18 / 54); // 3x3x3 cubes one voxel apart along z
     assert.equal(m.WT.dice, 1);
     assert.equal(ev.summary.labelET, 3);
+    // Uncertainty maps with ground truth that has no images: no brain mask, listed as skipped.
+    for (const name of ["whole", "core", "enhance"]) {
+      await writeNifti(`${tmp}/pred/A_unc_${name}.nii.gz`, new Uint8Array(N), DIMS, GEOM, "uint8");
+    }
+    const skipped = await evaluate({ pred: `${tmp}/pred`, gt: `${tmp}/labels`, labelET: 3, progress: quiet });
+    assert.equal(skipped.results[0].uncertainty, undefined);
+    assert.deepEqual(skipped.summary.uncertainty?.skippedNoBrainMask, ["A"]);
+    assert.deepEqual(skipped.summary.uncertainty?.subjects, []);
     // BraTS 2023 file names: ET label 3 without the option.
     await Deno.mkdir(`${tmp}/gt23/A`, { recursive: true });
     await Deno.copyFile(`${tmp}/labels/A_seg.nii.gz`, `${tmp}/gt23/A/A-seg.nii.gz`);
