@@ -5,6 +5,7 @@
 import { parseArgs } from "node:util";
 import { type Command, UsageError } from "./src/command.ts";
 import { dataCommands } from "./src/data/commands.ts";
+import { PREPROCESS_WORKER } from "./src/data/preprocess.ts";
 import { inferCommands } from "./src/infer/commands.ts";
 import { nnCommands } from "./src/nn/commands.ts";
 import { trainCommands } from "./src/train/commands.ts";
@@ -39,7 +40,10 @@ export async function main(argv: string[]): Promise<number> {
   return await cmd.run(parsed.values as Record<string, unknown>, parsed.positionals);
 }
 
-if (import.meta.main) {
+if (import.meta.main && self.name === PREPROCESS_WORKER) {
+  // A preprocessing worker started from the bundle (dist/hadnet.js), which holds the worker's code too.
+  await import("./src/data/preprocess_worker.ts");
+} else if (import.meta.main) {
   try {
     Deno.exit(await main(Deno.args));
   } catch (e) {

@@ -19,6 +19,16 @@ import { geometryOf, type NiftiGeometry, type NiftiImage, readNifti } from "./ni
 import { saveNpy } from "./npy.ts";
 import { Progress } from "./progress.ts";
 
+/** The name preprocessing workers get; main.ts starts the worker loop in a process of that name. */
+export const PREPROCESS_WORKER = "hadnet-preprocess";
+
+/** The worker's module: preprocess_worker.ts from source; the bundle itself (whose main.ts dispatches on the name). */
+function workerUrl(): URL {
+  return import.meta.url.endsWith(".ts")
+    ? new URL("./preprocess_worker.ts", import.meta.url)
+    : new URL(import.meta.url);
+}
+
 export const BRATS_DIR = "BRATS";
 export const META_FILE = "hadnet.json";
 
@@ -365,7 +375,7 @@ export async function preprocessDataset(opts: DatasetOptions): Promise<DatasetSu
     for (const src of todo) finish(src.id, await runJob({ src, output: opts.output, withSeg: opts.withSeg }));
   } else {
     const lane = async () => {
-      const w = new Worker(new URL("./preprocess_worker.ts", import.meta.url), { type: "module" });
+      const w = new Worker(workerUrl(), { type: "module", name: PREPROCESS_WORKER });
       try {
         while (next < todo.length) {
           const src = todo[next++];
