@@ -90,17 +90,31 @@ export const HADNET_DEFAULTS = {
 
 export const HADNET_CHECKPOINT = "HAD_Net_BEST_VAL_VM.safetensors";
 
-export type TrainerConfig = Pick<
-  HadnetConfig,
-  "lambdaAdv" | "discThreshold" | "classWeights" | "teacherEval" | "hierarchical" | "dropout" | "lr" | "betas" | "seed"
->;
+export type TrainerConfig =
+  & Pick<
+    HadnetConfig,
+    | "lambdaAdv"
+    | "discThreshold"
+    | "classWeights"
+    | "teacherEval"
+    | "hierarchical"
+    | "dropout"
+    | "lr"
+    | "betas"
+    | "seed"
+  >
+  & { k: number };
 
-/** Pre-trained teacher and student weights with the k they share. */
-export interface PretrainedPair {
-  k: number;
+/** Teacher and student weights and where they came from (for error messages). */
+export interface GeneratorWeights {
   teacher: StateDict;
   student: StateDict;
   sources: [string, string];
+}
+
+/** Pre-trained teacher and student weights with the k they share. */
+export interface PretrainedPair extends GeneratorWeights {
+  k: number;
 }
 
 /**
@@ -134,9 +148,9 @@ export class HadnetTrainer {
   readonly cfg: TrainerConfig;
   readonly dropRng: Rng;
 
-  constructor(g: Gpu, cfg: TrainerConfig, weights: PretrainedPair) {
+  constructor(g: Gpu, cfg: TrainerConfig, weights: GeneratorWeights) {
     this.cfg = cfg;
-    const { k } = weights;
+    const { k } = cfg;
     // The generators' init is overwritten by the checkpoints; the discriminator's is drawn from its own stream.
     const unused = new Rng(0);
     this.dropRng = new Rng(cfg.seed + 2);
@@ -248,7 +262,7 @@ export async function trainHadnet(
     }
     : await loadPretrainedPair(cfg.teacher, cfg.student);
   const cache = new SubjectCache(root, semantics, "teacher", o.cacheBytes);
-  const t = new HadnetTrainer(g, cfg, pair);
+  const t = new HadnetTrainer(g, { ...cfg, k: pair.k }, pair);
   const shuffleRng = new Rng(cfg.seed + 1);
   const ema = new Ema(0.95);
   let history: HadnetEpoch[] = [];

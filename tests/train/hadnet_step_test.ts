@@ -25,6 +25,7 @@ async function trainer(g: Gpu, discThreshold: number): Promise<HadnetTrainer> {
     lr: golden.adam.lr,
     betas: golden.adam.betas,
     discThreshold,
+    k: pair.k,
   }, pair);
   t.disc.params.load((await loadWeights(`${DIR}/discriminator.safetensors`)).tensors, "discriminator.safetensors");
   return t;
