@@ -138,7 +138,15 @@ export async function prepareData(
   if (!cfg.validation.length) throw new Error("the validation list is empty");
   const root = resolveDataRoot(cfg.data);
   checkSplit({ training: cfg.train, validation: cfg.validation, test: cfg.test }, root);
-  const semantics = resume ? await loadSemantics(`${cfg.out}/${SEMANTICS_FILE}`) : await computeSemantics(root);
+  if (resume) {
+    const path = `${cfg.out}/${SEMANTICS_FILE}`;
+    try {
+      return { root, semantics: await loadSemantics(path) };
+    } catch (e) {
+      throw new Error(`--resume: cannot read the run's semantics ${path} (${(e as Error).message})`);
+    }
+  }
+  const semantics = await computeSemantics(root);
   return { root, semantics };
 }
 

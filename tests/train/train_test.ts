@@ -1,6 +1,7 @@
 // Pre-training and HAD-Net training end to end on a tiny synthetic dataset (32^3 volumes, k = 2): losses fall, runs
 // resume bit-exactly, the run folder holds what it should, and bad input stops before anything is written.
 import assert from "node:assert/strict";
+import { computeSemantics } from "../../src/data/loader.ts";
 import { preprocessDataset } from "../../src/data/preprocess.ts";
 import { readJsonl } from "../../src/data/progress.ts";
 import { writeSynthDataset } from "../../src/data/synth.ts";
@@ -8,6 +9,7 @@ import { loadSafetensors } from "../../src/nn/safetensors.ts";
 import { Rng } from "../../src/nn/rng.ts";
 import { UNet } from "../../src/nn/unet.ts";
 import { RESUME_FILE, saveModel, SEMANTICS_FILE } from "../../src/train/common.ts";
+import { resolveDataRoot, SubjectCache } from "../../src/train/data.ts";
 import { HADNET_CHECKPOINT, HADNET_DEFAULTS, trainHadnet } from "../../src/train/hadnet.ts";
 import { CHECKPOINT_NAMES, pretrain, PRETRAIN_DEFAULTS, type PretrainConfig } from "../../src/train/pretrain.ts";
 import { testGpu } from "../util.ts";
@@ -154,6 +156,20 @@ Deno.test({
       assert.ok([...ck.tensors.keys()].some((n) => n.startsWith(p)), `resume checkpoint lacks ${p}*`);
     }
   },
+});
+
+Deno.test("SubjectCache keeps subjects while under its bound and hands the same sample back", async () => {
+  const root = resolveDataRoot(`${TMP}/proc`);
+  const one = 32 ** 3 * (3 * 4 + 2); // student input (f32) + labels + mask
+  const cache = new SubjectCache(root, await computeSemantics(root), "student", one);
+  const a = await cache.get(ID(1));
+  assert.deepEqual(a.shape, [3, 32, 32, 32]);
+  assert.equal(await cache.get(ID(1)), a);
+  assert.equal(cache.bytes, one);
+  const b = await cache.get(ID(2));
+  assert.notEqual(await cache.get(ID(2)), b); // over the bound: loaded again
+  assert.deepEqual(await cache.get(ID(2)), b);
+  assert.deepEqual([cache.hits, cache.misses, cache.bytes], [1, 4, one]);
 });
 
 /** Runs the CLI; returns exit code and stderr lines. */
