@@ -15,8 +15,8 @@
 //   reused across kw and voxels; weights for CIT input channels (at most the channel count) are staged in workgroup
 //   memory. Coordinates are computed once per thread.
 // - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
-//   channels, stages dy row segments in workgroup memory, and each thread accumulates the k kw-taps of one
-//   (ci, kd, kh), four voxels per step sharing their x loads, into partials [N*chunks][Cout][Cin][k^3];
+//   channels, stages dy row segments in workgroup memory, and each thread (workgroups sized to the Cin*k*k rows, so
+//   few lanes idle on small channel counts) accumulates the k kw-taps of one (ci, kd, kh), four voxels per step sharing their x loads, into partials [N*chunks][Cout][Cin][k^3];
 //   conv3d_sum_parts then sums the partials.
 // - conv3d_db: one workgroup per dy channel plane sums it into partials [N][Cout]; conv3d_sum_parts sums over N.
 //
@@ -343,10 +343,14 @@ export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GP
 // ---- weight and bias gradients ----
 
 const SEG = 64; // dy row segment staged per step
-const DW_COV = 2; // 8 output channels per workgroup
 const DW_JV = 4; // voxels per inner step (divides SEG)
 
-function dwKernel(k: number, s: number): Kernel {
+/** Threads per dw workgroup: the (ci, kd, kh) rows split evenly over workgroups of <= 64, a multiple of 8. */
+function dwThreads(rows: number): number {
+  return 8 * Math.ceil(rows / Math.ceil(rows / 64) / 8);
+}
+
+function dwKernel(k: number, s: number, threads: number, cov: number): Kernel {
   const k2 = k * k, k3 = k2 * k;
   // Per step JV voxels: (JV-1)*s + k x values serve JV x k taps.
   let body = "", stores = "";
@@ -354,23 +358,23 @@ function dwKernel(k: number, s: number): Kernel {
     body += `let x${j} = select(0.0, X[u32(xb + iw0 + ${j})], rowok && iw0 + ${j} >= 0 && iw0 + ${j} < u.W);\n`;
   }
   for (let v = 0; v < DW_JV; v++) {
-    for (let c = 0; c < DW_COV; c++) {
-      body += `{ let d = dys[(j + ${v}u) * ${DW_COV}u + ${c}u];\n`;
+    for (let c = 0; c < cov; c++) {
+      body += `{ let d = dys[(j + ${v}u) * ${cov}u + ${c}u];\n`;
       for (let kw = 0; kw < k; kw++) body += `  a${kw}_${c} = fma(vec4f(x${v * s + kw}), d, a${kw}_${c});\n`;
       body += "}\n";
     }
   }
   for (let kw = 0; kw < k; kw++) {
-    for (let c = 0; c < DW_COV; c++) {
+    for (let c = 0; c < cov; c++) {
       for (let q = 0; q < 4; q++) {
-        stores += `put(pb, cb * ${4 * DW_COV}u + ${c * 4 + q}u, ${kw}u, a${kw}_${c}[${q}]);\n`;
+        stores += `put(pb, cb * ${4 * cov}u + ${c * 4 + q}u, ${kw}u, a${kw}_${c}[${q}]);\n`;
       }
     }
   }
   const accs = [];
-  for (let kw = 0; kw < k; kw++) for (let c = 0; c < DW_COV; c++) accs.push(`var a${kw}_${c} = vec4f(0.0);`);
+  for (let kw = 0; kw < k; kw++) for (let c = 0; c < cov; c++) accs.push(`var a${kw}_${c} = vec4f(0.0);`);
   return {
-    name: `conv3d_dw_k${k}_s${s}`,
+    name: `conv3d_dw_k${k}_s${s}_t${threads}_c${cov}`,
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read> DY: array<f32>;
@@ -383,15 +387,15 @@ struct U {
   cin: u32, cout: u32, pad: i32, pad0: u32,
 }
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> dys: array<vec4f, ${SEG * DW_COV}>; // [SEG voxels][COV] x 4 output channels
+var<workgroup> dys: array<vec4f, ${SEG * cov}>; // [SEG voxels][COV] x 4 output channels
 
 fn put(pb: u32, oc: u32, kw: u32, v: f32) {
   if (oc < u.nco) { P[pb + oc * u.cin * ${k3}u + kw] = v; }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(${threads})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let q = wg.x * 64u + lid;
+  let q = wg.x * ${threads}u + lid;
   let ci = q / ${k2}u;
   let kd = i32((q / ${k}u) % ${k}u);
   let kh = i32(q % ${k}u);
@@ -408,13 +412,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
     let xb = i32(u.xShift + ci * u.inPlane) + (id * u.H + ih) * u.W;
     let yb = u.yShift + r * u.OW;
     for (var s0 = 0u; s0 < u.OW; s0 += ${SEG}u) {
-      for (var e = lid; e < ${SEG * DW_COV * 4}u; e += 64u) {
+      for (var e = lid; e < ${SEG * cov * 4}u; e += ${threads}u) {
         let j = e % ${SEG}u;
         let c = e / ${SEG}u;
-        let oc = cb * ${4 * DW_COV}u + c;
+        let oc = cb * ${4 * cov}u + c;
         var v = 0.0;
         if (s0 + j < u.OW && oc < u.nco) { v = DY[yb + oc * u.outPlane + s0 + j]; }
-        dys[j * ${DW_COV}u + c / 4u][c % 4u] = v;
+        dys[j * ${cov}u + c / 4u][c % 4u] = v;
       }
       workgroupBarrier();
       let ns = min(${SEG}u, u.OW - s0);
@@ -470,7 +474,8 @@ export function conv3dBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: G
   const rowsPer = Math.ceil(rows / chunks);
   const used = Math.ceil(rows / rowsPer);
   const parts = g.alloc(m * s.n * used * 4);
-  const kernel = dwKernel(s.k, s.stride);
+  const threads = dwThreads(s.cin * s.k * s.k), cov = channelBlock(s.cout);
+  const kernel = dwKernel(s.k, s.stride, threads, cov);
   const inPlane = s.d * s.h * s.w, outPlane = s.od * s.oh * s.ow;
   const u = new Int32Array(20);
   for (let n = 0; n < s.n; n++) {
@@ -486,7 +491,7 @@ export function conv3dBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: G
             { buffer: parts, size: m * s.n * used * 4 },
           ],
           u,
-          [Math.ceil(xw.count * s.k * s.k / 64), Math.ceil(yw.count / (4 * DW_COV)), used],
+          [Math.ceil(xw.count * s.k * s.k / threads), Math.ceil(yw.count / (4 * cov)), used],
         );
       }
     }
