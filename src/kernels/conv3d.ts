@@ -16,8 +16,8 @@
 //   memory. Coordinates are computed once per thread.
 // - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
 //   channels, stages dy row segments in workgroup memory, and each thread (workgroups sized to the Cin*k*k rows, so
-//   few lanes idle on small channel counts) accumulates the k kw-taps of one (ci, kd, kh), four voxels per step sharing their x loads, into partials [N*chunks][Cout][Cin][k^3];
-//   conv3d_sum_parts then sums the partials.
+//   few lanes idle on small channel counts) accumulates the k kw-taps of one (ci, kd, kh), four voxels per step
+//   sharing their x loads, into partials [N*chunks][Cout][Cin][k^3]; conv3d_sum_parts then sums the partials.
 // - conv3d_db: one workgroup per dy channel plane sums it into partials [N][Cout]; conv3d_sum_parts sums over N.
 //
 // Tensors larger than one storage binding: channel planes are bound in windows (planeChunks); the gather kernel
