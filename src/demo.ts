@@ -4,15 +4,17 @@
 // pre-trained student, the teacher (which also sees t1ce) and the HAD-Net student, also saved as demo.json.
 // The defaults are sized to finish within 15 minutes on a 2-core machine with a CPU WebGPU adapter.
 
-import { type Command, intOpt, UsageError } from "./command.ts";
+import { type Command, intOpt, numOpt, UsageError } from "./command.ts";
 
 export const DEMO_DEFAULTS = {
   out: "runs/demo",
-  subjects: 10,
-  size: "48,56,40",
+  subjects: 12,
+  size: "32,36,32",
   k: 4,
-  pretrainEpochs: 12,
-  hadnetEpochs: 6,
+  pretrainEpochs: 30,
+  hadnetEpochs: 10,
+  pretrainLr: 3e-3,
+  hadnetLr: 5e-4,
   seed: 0,
 };
 
@@ -26,8 +28,8 @@ export interface DemoResult {
 
 export const demoCommand: Command = {
   summary: "the whole workflow on synthetic data: synth, preprocess, split, pretrain x2, train, infer, evaluate",
-  usage: `hadnet demo [--out runs/demo] [--subjects 10] [--size 48,56,40] [--k 4] [--pretrain-epochs 12]
-            [--hadnet-epochs 6] [--seed 0]
+  usage: `hadnet demo [--out runs/demo] [--subjects 12] [--size 32,36,32] [--k 4] [--pretrain-epochs 30]
+            [--hadnet-epochs 10] [--pretrain-lr 3e-3] [--hadnet-lr 5e-4] [--seed 0]
 
 Runs the HAD-Net workflow end to end on synthetic BraTS-like subjects and prints the Dice per region (ET, TC, WT)
 of the held-out subjects for an untrained student, the pre-trained student, the teacher (with t1ce) and the HAD-Net
@@ -36,11 +38,13 @@ Outputs go to --out (replaced when it holds an earlier demo): raw/, proc/, lists
 pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and demo.json with the table.
 
   --out DIR             output folder (default runs/demo)
-  --subjects N          synthetic subjects, split 60/20/20 into train/validation/test (default 10)
-  --size X,Y,Z          volume size of the synthetic subjects (default 48,56,40)
+  --subjects N          synthetic subjects, split 60/20/20 into train/validation/test (default 12)
+  --size X,Y,Z          volume size of the synthetic subjects (default 32,36,32: a 32x32x32 network input)
   --k K                 first-level filters of the networks (default 4; the paper uses 32)
-  --pretrain-epochs N   epochs of each pre-training (default 12; the paper uses 400)
-  --hadnet-epochs N     epochs of HAD-Net training (default 6; the paper uses 800)
+  --pretrain-epochs N   epochs of each pre-training (default 30; the paper uses 400)
+  --hadnet-epochs N     epochs of HAD-Net training (default 10; the paper uses 800)
+  --pretrain-lr LR      pre-training learning rate (default 3e-3; the paper's 2e-4 needs its 400 epochs)
+  --hadnet-lr LR        HAD-Net learning rate (default 5e-4; the paper's 2e-4)
   --seed S              seed of the data and of every run (default 0)`,
   options: {
     out: { type: "string" },
@@ -49,6 +53,8 @@ pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and dem
     k: { type: "string" },
     "pretrain-epochs": { type: "string" },
     "hadnet-epochs": { type: "string" },
+    "pretrain-lr": { type: "string" },
+    "hadnet-lr": { type: "string" },
     seed: { type: "string" },
   },
   run: async (v, pos) => {
@@ -60,6 +66,8 @@ pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and dem
       k: intOpt(v.k, "--k") ?? DEMO_DEFAULTS.k,
       pretrainEpochs: intOpt(v["pretrain-epochs"], "--pretrain-epochs") ?? DEMO_DEFAULTS.pretrainEpochs,
       hadnetEpochs: intOpt(v["hadnet-epochs"], "--hadnet-epochs") ?? DEMO_DEFAULTS.hadnetEpochs,
+      pretrainLr: numOpt(v["pretrain-lr"], "--pretrain-lr", 1e-8, 1) ?? DEMO_DEFAULTS.pretrainLr,
+      hadnetLr: numOpt(v["hadnet-lr"], "--hadnet-lr", 1e-8, 1) ?? DEMO_DEFAULTS.hadnetLr,
       seed: intOpt(v.seed, "--seed", 0) ?? DEMO_DEFAULTS.seed,
     };
     const result = await runDemo(s);

@@ -26,6 +26,7 @@ const common = {
   seed: { type: "string" },
   "continuous-saving": { type: "boolean" },
   resume: { type: "boolean" },
+  lr: { type: "string" },
 } as const;
 
 const COMMON_HELP =
@@ -36,7 +37,8 @@ const COMMON_HELP =
   "                        the best checkpoint and last.safetensors (the resume checkpoint, rewritten each epoch)\n" +
   "  --seed S              seeds initialisation, order, dropout and augmentation (default 0)\n" +
   "  --continuous-saving   also keep each epoch's full state (models, optimisers, scheduler) under RUNDIR/epochs/\n" +
-  "  --resume              continue the run in RUNDIR from last.safetensors with the same settings (--epochs may grow)";
+  "  --resume              continue the run in RUNDIR from last.safetensors with the same settings (--epochs may grow)\n" +
+  "  --lr LR               learning rate (default 2e-4, the paper's)";
 
 export const trainCommands: Record<string, Command> = {
   parity: {
@@ -84,6 +86,7 @@ export const trainCommands: Record<string, Command> = {
         epochs: intOpt(v.epochs, "--epochs") ?? D.epochs,
         k: intOpt(v.k, "--k") ?? D.k,
         dropout: numOpt(v.dropout, "--dropout", 0, 0.99) ?? D.dropout,
+        lr: numOpt(v.lr, "--lr", 1e-8, 1) ?? D.lr,
         seed: intOpt(v.seed, "--seed", 0, 2 ** 31) ?? D.seed,
         lrPlateau: !!v["lr-plateau"],
         continuousSaving: !!v["continuous-saving"],
@@ -132,6 +135,7 @@ export const trainCommands: Record<string, Command> = {
         ...(await lists(v)),
         epochs: intOpt(v.epochs, "--epochs") ?? D.epochs,
         dropout: numOpt(v.dropout, "--dropout", 0, 0.99) ?? D.dropout,
+        lr: numOpt(v.lr, "--lr", 1e-8, 1) ?? D.lr,
         discThreshold: numOpt(v["disc-threshold"], "--disc-threshold") ?? D.discThreshold,
         teacherEval: !!v["teacher-eval"],
         hierarchical: !v["no-hierarchy"],

@@ -72,7 +72,7 @@ export function relErr(got: ArrayLike<number>, ref: ArrayLike<number>, scale = 0
 }
 
 /** Conv biases directly followed by an instance norm: their exact gradient is zero. */
-function normCancelled(name: string): boolean {
+export function normCancelled(name: string): boolean {
   return /conv\.bias$|conv_up\.bias$|^disc_[234]\.0\.bias$/.test(name);
 }
 
