@@ -86,46 +86,19 @@ export async function runDemo(s: typeof DEMO_DEFAULTS): Promise<DemoResult> {
     const code = await runCommand(argv);
     if (code !== 0) throw new Error(`demo: step "${argv[0]}" failed (exit ${code})`);
   };
-  const lists = ["--train", `${o}/lists/train.txt`, "--val", `${o}/lists/validation.txt`];
+  const lists = { train: `${o}/lists/train.txt`, val: `${o}/lists/validation.txt` };
   const teacherCkpt = `${o}/teacher/Pre_Trained_Teacher_BEST_VAL_VM.safetensors`;
   const studentCkpt = `${o}/student/Pre_Trained_Student_BEST_VAL_VM.safetensors`;
-  await step("synth", "--out", `${o}/raw`, "--n", String(s.subjects), "--size", s.size, "--seed", seed);
-  await step("preprocess", "--input", `${o}/raw`, "--output", `${o}/proc`);
-  await step("split", "--data", `${o}/proc`, "--out", `${o}/lists`, "--seed", seed);
+  await step("synth", ...flags({ out: `${o}/raw`, n: s.subjects, size: s.size, seed }));
+  await step("preprocess", ...flags({ input: `${o}/raw`, output: `${o}/proc` }));
+  await step("split", ...flags({ data: `${o}/proc`, out: `${o}/lists`, seed }));
   for (const role of ["teacher", "student"]) {
-    await step(
-      "pretrain",
-      "--role",
-      role,
-      "--data",
-      `${o}/proc`,
-      ...lists,
-      "--out",
-      `${o}/${role}`,
-      "--epochs",
-      String(s.pretrainEpochs),
-      "--k",
-      String(s.k),
-      "--seed",
-      seed,
-    );
+    const run = { role, data: `${o}/proc`, ...lists, out: `${o}/${role}`, epochs: s.pretrainEpochs, k: s.k };
+    await step("pretrain", ...flags({ ...run, lr: s.pretrainLr, seed }));
   }
-  await step(
-    "train",
-    "--data",
-    `${o}/proc`,
-    ...lists,
-    "--teacher",
-    teacherCkpt,
-    "--student",
-    studentCkpt,
-    "--out",
-    `${o}/hadnet`,
-    "--epochs",
-    String(s.hadnetEpochs),
-    "--seed",
-    seed,
-  );
+  const pair = { teacher: teacherCkpt, student: studentCkpt };
+  const run = { data: `${o}/proc`, ...lists, ...pair, out: `${o}/hadnet`, epochs: s.hadnetEpochs, lr: s.hadnetLr };
+  await step("train", ...flags({ ...run, seed }));
   const untrained = `${o}/untrained_student.safetensors`;
   await saveUntrainedStudent(untrained, s.k, s.seed);
   const models: Record<DemoRow, [string, "student" | "teacher", string]> = {
@@ -137,28 +110,12 @@ export async function runDemo(s: typeof DEMO_DEFAULTS): Promise<DemoResult> {
   const rows = {} as DemoResult["rows"];
   for (const row of ROWS) {
     const [model, role, dir] = models[row];
-    await step(
-      "infer",
-      `${o}/raw`,
-      `${o}/pred/${dir}`,
-      "--model",
-      model,
-      "--role",
-      role,
-      "--semantics",
-      `${o}/student/HAD_Net_semantics.json`,
-      "--ids",
-      `${o}/lists/test.txt`,
-    );
-    await step(
-      "evaluate",
-      "--pred",
-      `${o}/pred/${dir}`,
-      "--gt",
-      `${o}/raw`,
-      ...(dir === "untrained" ? [] : ["--runs", `${o}/${dir}`]),
-    );
-    const summary = JSON.parse(await Deno.readTextFile(`${o}/pred/${dir}/evaluation/summary.json`));
+    const semantics = `${o}/student/HAD_Net_semantics.json`;
+    const pred = `${o}/pred/${dir}`;
+    await step("infer", `${o}/raw`, pred, ...flags({ model, role, semantics, ids: `${o}/lists/test.txt` }));
+    const runs = dir === "untrained" ? [] : flags({ runs: `${o}/${dir}` });
+    await step("evaluate", ...flags({ pred, gt: `${o}/raw` }), ...runs);
+    const summary = JSON.parse(await Deno.readTextFile(`${pred}/evaluation/summary.json`));
     const dice = (r: string) => summary.metrics[r].dice.mean as number;
     rows[row] = { ET: dice("ET"), TC: dice("TC"), WT: dice("WT") };
   }
@@ -166,6 +123,11 @@ export async function runDemo(s: typeof DEMO_DEFAULTS): Promise<DemoResult> {
   const { writeAtomic } = await import("./train/common.ts");
   await writeAtomic(`${o}/demo.json`, new TextEncoder().encode(JSON.stringify(result, null, 1) + "\n"));
   return result;
+}
+
+/** {name: value} as command-line flags: ["--name", "value", ...]. */
+function flags(o: Record<string, string | number>): string[] {
+  return Object.entries(o).flatMap(([k, v]) => [`--${k}`, String(v)]);
 }
 
 export function demoTable(r: DemoResult): string {
