@@ -10,10 +10,10 @@
 //   Forward: in = x, W = w, S = stride. Input gradient (transposed conv): for stride s, dx splits by the parity r of
 //   each coordinate (id = s*m + r) into s^3 dense stride-1 sub-convs over dy with T = ceil(k/s) taps per dimension;
 //   tap u reads dy[m - pad' + u] with kernel index kd = r + p + s*pad' - s*u, pad' = floor((k-1-r-p)/s), and the
-//   result lands in dx[s*m + r]. Each thread owns VW consecutive outputs along W x 4*COV output channels (COV 1, 2
-//   or 4 by the channel count) in named vec4 accumulators; each input row is loaded once per (channel, kd, kh) and
-//   reused across kw and voxels; weights for CIT input channels (at most the channel count) are staged in workgroup
-//   memory. Coordinates are computed once per thread.
+//   result lands in dx[s*m + r]. Each thread owns VW consecutive outputs along W x VH rows x 4*COV output channels
+//   (COV 1 or 2, VH 1, 2 or 4, chosen by the channel and row counts; see threadBlock) in named vec4 accumulators;
+//   per (channel, kd) each input row and each weight is loaded once and reused across kh, kw, rows and voxels;
+//   weights for CIT input channels (at most the channel count) are staged in workgroup memory.
 // - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
 //   channels, stages dy row segments in workgroup memory, and each thread (workgroups sized to the Cin*k*k rows, so
 //   few lanes idle on small channel counts) accumulates the k kw-taps of one (ci, kd, kh), four voxels per step
@@ -77,64 +77,101 @@ export function conv3dShape(
 const VW = 4; // outputs per thread along W
 const WX = 8, WY = 8; // workgroup: 8 W-tiles x 8 rows, one (od, channel block) per workgroup
 
-/**
- * Output channels per thread, 4*COV: more channels reuse each loaded x value more (measured on llvmpipe, relative
- * cost per output channel: COV 1: 1.3, 2: 1, 4: 0.82), but blocks past the last channel are wasted work.
- */
-function channelBlock(channels: number): number {
-  const cost = (cov: number) => Math.ceil(channels / (4 * cov)) * 4 * cov * { 1: 1.3, 2: 1, 4: 0.82 }[cov]!;
-  return [1, 2, 4].reduce((best, cov) => cost(cov) < cost(best) ? cov : best);
+/** Picks the option with the least cost = rows or channels computed (padded up to the block) x relative cost. */
+function cheapest(n: number, costs: Record<number, number>, block: (o: number) => number): number {
+  const opts = Object.keys(costs).map(Number);
+  const cost = (o: number) => Math.ceil(n / block(o)) * block(o) * costs[o];
+  return opts.reduce((best, o) => cost(o) < cost(best) ? o : best);
 }
 
-function gatherKernel(t: number, s: number, cov: number, cin: number): Kernel {
+/** Relative cost per output channel of 4, 8 or 16 channels per thread (COV 1, 2, 4), measured on llvmpipe. */
+const COV_COST = { 1: 1.3, 2: 1, 4: 0.82 };
+const MAX_BODY = 432; // FMA statements in the gather kernel's unrolled body per input channel
+
+/**
+ * Output channels per thread, 4*COV, and output rows per thread, VH: both reuse each loaded value more, and loads
+ * cost far more than FMAs on CPU adapters (VH 2 and 4: 0.75 and 0.5 of the cost per output row, on llvmpipe), but
+ * blocks past the last channel or row are wasted work. llvmpipe's compile time grows steeply with the unrolled body
+ * (t^3 * VW * COV * VH FMAs; cold, a 1024-FMA body takes ~30 s, a 432-FMA one 1-2 s), so COV stays <= 2 and VH is
+ * limited to bodies of at most MAX_BODY.
+ */
+function threadBlock(t: number, channels: number, rows: number): { cov: number; vh: number } {
+  const cov = cheapest(channels, { 1: COV_COST[1], 2: COV_COST[2] }, (c) => 4 * c);
+  const vhCost = Object.fromEntries(
+    Object.entries({ 1: 1, 2: 0.75, 4: 0.5 }).filter(([v]) =>
+      Number(v) === 1 || t ** 3 * VW * cov * Number(v) <= MAX_BODY
+    ),
+  );
+  return { cov, vh: cheapest(rows, vhCost, (v) => WY * v) };
+}
+
+/** Input channels whose weights are staged at once (<= 8 KiB), at most the channel count. */
+function stagedChannels(t: number, cov: number, cin: number): number {
+  return Math.max(1, Math.min(16, cin, Math.floor(512 / (t ** 3 * cov))));
+}
+
+function gatherKernel(t: number, s: number, cov: number, vh: number): Kernel {
   const t2 = t * t, t3 = t2 * t;
-  // Weights for up to CIT input channels are staged at once (<= 8 KiB), no more than there are channels.
-  const cit = Math.max(1, Math.min(16, cin, Math.floor(512 / (t3 * cov))));
+  const cit = stagedChannels(t, cov, Infinity); // the most; u.cit says how many
   const ncol = s * (VW - 1) + t;
+  const nrow = s * (vh - 1) + t; // input rows under the thread's vh output rows
   const stage = cit * t3 * cov * 4;
   let setup = "";
+  for (let a = 0; a < t; a++) setup += `let zd${a} = id0 + ${a}; let okd${a} = zd${a} >= 0 && zd${a} < u.inD;\n`;
+  for (let r = 0; r < nrow; r++) setup += `let zh${r} = ih0 + ${r}; let okh${r} = zh${r} >= 0 && zh${r} < u.inH;\n`;
   for (let a = 0; a < t; a++) {
-    setup += `let zd${a} = id0 + ${a}; let okd${a} = zd${a} >= 0 && zd${a} < u.inD;\n`;
-    setup += `let zh${a} = ih0 + ${a}; let okh${a} = zh${a} >= 0 && zh${a} < u.inH;\n`;
-  }
-  for (let a = 0; a < t; a++) {
-    for (let c = 0; c < t; c++) {
-      setup += `let ok${a}_${c} = okd${a} && okh${c}; let ro${a}_${c} = (zd${a} * u.inH + zh${c}) * u.inW + iw0;\n`;
+    for (let r = 0; r < nrow; r++) {
+      setup += `let ok${a}_${r} = okd${a} && okh${r}; let ro${a}_${r} = (zd${a} * u.inH + zh${r}) * u.inW + iw0;\n`;
     }
   }
   for (let j = 0; j < ncol; j++) setup += `let okw${j} = iw0 + ${j} >= 0 && iw0 + ${j} < u.inW;\n`;
   const accs: string[] = [];
-  for (let v = 0; v < VW; v++) for (let c = 0; c < cov; c++) accs.push(`a${v}_${c}`);
+  for (let y = 0; y < vh; y++) for (let v = 0; v < VW; v++) for (let c = 0; c < cov; c++) accs.push(`a${y}_${v}_${c}`);
+  // Per kd: each input row and each weight is loaded once (loads cost far more than FMAs on CPU adapters) and
+  // serves every output row and voxel it touches.
   let inner = "";
   for (let a = 0; a < t; a++) {
-    for (let c = 0; c < t; c++) {
-      inner += `{ let rb = xb + ro${a}_${c};\n`;
+    inner += "{\n";
+    const loaded = new Set<number>();
+    for (let r = 0; r < nrow; r++) {
+      inner += `  let rb${r} = xb + ro${a}_${r};\n`;
       for (let j = 0; j < ncol; j++) {
-        inner += `  let x${j} = select(0.0, X[u32(rb + ${j})], ok${a}_${c} && okw${j});\n`;
+        inner += `  let x${r}_${j} = select(0.0, X[u32(rb${r} + ${j})], ok${a}_${r} && okw${j});\n`;
       }
-      for (let kw = 0; kw < t; kw++) {
-        for (let cv = 0; cv < cov; cv++) {
-          inner += `  let w${kw}_${cv} = ws[wb + ${((a * t + c) * t + kw) * cov + cv}u];\n`;
-          for (let v = 0; v < VW; v++) {
-            inner += `  a${v}_${cv} = fma(vec4f(x${s * v + kw}), w${kw}_${cv}, a${v}_${cv});\n`;
+      for (let y = 0; y < vh; y++) {
+        const c = r - s * y;
+        if (c < 0 || c >= t) continue;
+        for (let kw = 0; kw < t; kw++) {
+          for (let cv = 0; cv < cov; cv++) {
+            const wi = ((a * t + c) * t + kw) * cov + cv;
+            if (!loaded.has(wi)) inner += `  let w${wi} = ws[wb + ${wi}u];\n`;
+            loaded.add(wi);
+            for (let v = 0; v < VW; v++) {
+              inner += `  a${y}_${v}_${cv} = fma(vec4f(x${r}_${s * v + kw}), w${wi}, a${y}_${v}_${cv});\n`;
+            }
           }
         }
       }
-      inner += "}\n";
     }
+    inner += "}\n";
   }
   let stores = "";
-  for (let v = 0; v < VW; v++) {
-    stores += `if (ow0 + ${v}u < u.outW) { let yi = ybase + (ow0 + ${v}u) * u.outStep;\n`;
-    for (let cv = 0; cv < cov; cv++) {
-      for (let q = 0; q < 4; q++) {
-        stores += `  store(yi, cb * ${4 * cov}u + ${cv * 4 + q}u, a${v}_${cv}[${q}]);\n`;
+  for (let y = 0; y < vh; y++) {
+    stores += `if (oh0 + ${y}u < u.outH) {\n`;
+    stores += `let yrow = ybase + ((oh0 + ${y}u) * u.outStep + u.rh) * u.outRow;\n`;
+    for (let v = 0; v < VW; v++) {
+      stores += `if (ow0 + ${v}u < u.outW) { let yi = yrow + (ow0 + ${v}u) * u.outStep;\n`;
+      for (let cv = 0; cv < cov; cv++) {
+        for (let q = 0; q < 4; q++) {
+          stores += `  store(yi, cb * ${4 * cov}u + ${cv * 4 + q}u, a${y}_${v}_${cv}[${q}]);\n`;
+        }
       }
+      stores += "}\n";
     }
     stores += "}\n";
   }
   return {
-    name: `conv3d_gather_t${t}_s${s}_c${cov}_i${cit}`,
+    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}`,
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read> Wt: array<f32>;
@@ -148,7 +185,7 @@ struct U {
   padD: i32, padH: i32, padW: i32, xShift: u32,
   ciBase: u32, coBase: u32, yShift: u32, k: i32,
   wOC: u32, wIC: u32, tapStep: i32, flags: u32, // flags: 1 = add bias, 2 = accumulate into Y
-  tapD: i32, tapH: i32, tapW: i32, pad0: u32,
+  tapD: i32, tapH: i32, tapW: i32, cit: u32,
 }
 @group(0) @binding(4) var<uniform> u: U;
 var<workgroup> ws: array<vec4f, ${stage / 4}>; // [CIT][tap][COV] x 4 output channels
@@ -167,15 +204,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
         @builtin(local_invocation_index) lid: u32) {
   let cb = wg.z / u.outD;
   let od = wg.z - cb * u.outD;
-  let oh = gid.y;
+  let oh0 = gid.y * ${vh}u;
   let ow0 = gid.x * ${VW}u;
   let id0 = i32(od) * ${s} - u.padD;
-  let ih0 = i32(oh) * ${s} - u.padH;
+  let ih0 = i32(oh0) * ${s} - u.padH;
   let iw0 = i32(ow0) * ${s} - u.padW;
   ${setup}
   ${accs.map((a) => `var ${a} = vec4f(0.0);`).join(" ")}
-  for (var ci0 = 0u; ci0 < u.nci; ci0 += ${cit}u) {
-    for (var e = lid; e < ${stage}u; e += ${WX * WY}u) {
+  for (var ci0 = 0u; ci0 < u.nci; ci0 += u.cit) {
+    for (var e = lid; e < u.cit * ${t3 * cov * 4}u; e += ${WX * WY}u) {
       let q = e % 4u;
       let cv = (e / 4u) % ${cov}u;
       let tap = (e / ${4 * cov}u) % ${t3}u;
@@ -191,7 +228,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
       ws[e / 4u][q] = v;
     }
     workgroupBarrier();
-    let nc = min(${cit}u, u.nci - ci0);
+    let nc = min(u.cit, u.nci - ci0);
     for (var cil = 0u; cil < nc; cil++) {
       let xb = i32(u.xShift + (ci0 + cil) * u.inPlane);
       let wb = cil * ${t3 * cov}u;
@@ -199,8 +236,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
     }
     workgroupBarrier();
   }
-  if (oh >= u.outH) { return; }
-  let ybase = u.yShift + (od * u.outStep + u.rd) * u.outSlice + (oh * u.outStep + u.rh) * u.outRow + u.rw;
+  let ybase = u.yShift + (od * u.outStep + u.rd) * u.outSlice + u.rw;
   ${stores}
 }`,
   };
@@ -238,18 +274,18 @@ interface Gather {
 }
 
 function gather(g: Gpu, p: Gather) {
-  const cov = channelBlock(p.dstC);
-  const kernel = gatherKernel(p.taps, p.stride, cov, p.srcC);
   const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
   const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
   const u = new Int32Array(32);
   for (let n = 0; n < p.n; n++) {
     for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane)) {
-      const blocks = Math.ceil(ow.count / (4 * cov));
       const ins = windows(g, n * p.srcC, p.srcC, srcPlane);
       for (const c of p.classes) {
         const [od, oh, owd] = c.size;
         if (od * oh * owd === 0) continue;
+        const { cov, vh } = threadBlock(p.taps, p.dstC, oh);
+        const kernel = gatherKernel(p.taps, p.stride, cov, vh);
+        const blocks = Math.ceil(ow.count / (4 * cov));
         if (od * blocks > g.maxWorkgroupsPerDim) {
           throw new Error(`conv3d: ${od} output slices x ${blocks} channel blocks exceed one dispatch dimension`);
         }
@@ -257,7 +293,7 @@ function gather(g: Gpu, p: Gather) {
           u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
           u.set([...c.r, ow.count, ...c.pad, iw.shift, iw.first, ow.first, ow.shift, p.k], 12);
           const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
-          u.set([p.wOC, p.wIC, p.tapStep, flags, ...c.tap, 0], 24);
+          u.set([p.wOC, p.wIC, p.tapStep, flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
           g.dispatch(
             kernel,
             [
@@ -267,7 +303,7 @@ function gather(g: Gpu, p: Gather) {
               { buffer: p.dst, offset: ow.offset, size: ow.size },
             ],
             u,
-            [Math.ceil(owd / (VW * WX)), Math.ceil(oh / WY), od * blocks],
+            [Math.ceil(owd / (VW * WX)), Math.ceil(oh / (WY * vh)), od * blocks],
           );
         });
       }
@@ -474,7 +510,7 @@ export function conv3dBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: G
   const rowsPer = Math.ceil(rows / chunks);
   const used = Math.ceil(rows / rowsPer);
   const parts = g.alloc(m * s.n * used * 4);
-  const threads = dwThreads(s.cin * s.k * s.k), cov = channelBlock(s.cout);
+  const threads = dwThreads(s.cin * s.k * s.k), cov = cheapest(s.cout, COV_COST, (c) => 4 * c);
   const kernel = dwKernel(s.k, s.stride, threads, cov);
   const inPlane = s.d * s.h * s.w, outPlane = s.od * s.oh * s.ow;
   const u = new Int32Array(20);

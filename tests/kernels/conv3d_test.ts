@@ -72,6 +72,12 @@ Deno.test("conv3d GPU: rows wider than one workgroup tile and one dy segment (W=
   await checkGpu([1, 2, 3, 4, 70], 1, VARIANTS[4]);
 });
 
+Deno.test("conv3d GPU: several output rows per thread (2 and 4 rows, 4 and 8 channels, stride-2 gradient)", async () => {
+  await checkGpu([1, 2, 3, 20, 6], 3, VARIANTS[0]); // 4 rows per thread, forward and dx
+  await checkGpu([1, 3, 2, 14, 5], 6, VARIANTS[1]); // 2 rows x 8 channels forward, 2 rows x 4 channels dx
+  await checkGpu([1, 2, 3, 34, 5], 3, VARIANTS[3]); // dx parity classes of 17 rows: 4 rows per thread
+});
+
 Deno.test("conv3d splits channel planes over binding windows when the binding limit is lowered", async () => {
   const g = await testGpu();
   // One 8x9x10 plane is 2880 bytes: windows hold two channel planes (3 = 2+1, 5 = 2+2+1, at unaligned starts);
