@@ -15,6 +15,7 @@ export const DEMO_DEFAULTS = {
   hadnetEpochs: 10,
   pretrainLr: 3e-3,
   hadnetLr: 5e-4,
+  dropout: 0,
   seed: 0,
 };
 
@@ -29,7 +30,7 @@ export interface DemoResult {
 export const demoCommand: Command = {
   summary: "the whole workflow on synthetic data: synth, preprocess, split, pretrain x2, train, infer, evaluate",
   usage: `hadnet demo [--out runs/demo] [--subjects 12] [--size 32,36,32] [--k 4] [--pretrain-epochs 30]
-            [--hadnet-epochs 10] [--pretrain-lr 3e-3] [--hadnet-lr 5e-4] [--seed 0]
+            [--hadnet-epochs 10] [--pretrain-lr 3e-3] [--hadnet-lr 5e-4] [--dropout 0] [--seed 0]
 
 Runs the HAD-Net workflow end to end on synthetic BraTS-like subjects and prints the Dice per region (ET, TC, WT)
 of the held-out subjects for an untrained student, the pre-trained student, the teacher (with t1ce) and the HAD-Net
@@ -45,6 +46,8 @@ pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and dem
   --hadnet-epochs N     epochs of HAD-Net training (default 10; the paper uses 800)
   --pretrain-lr LR      pre-training learning rate (default 3e-3; the paper's 2e-4 needs its 400 epochs)
   --hadnet-lr LR        HAD-Net learning rate (default 5e-4; the paper's 2e-4)
+  --dropout P           Dropout3d probability (default 0; the paper's 0.2 zeroes whole channels, which at k = 4
+                        removes a quarter of a level's features and keeps this short run from learning ET)
   --seed S              seed of the data and of every run (default 0)`,
   options: {
     out: { type: "string" },
@@ -55,6 +58,7 @@ pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and dem
     "hadnet-epochs": { type: "string" },
     "pretrain-lr": { type: "string" },
     "hadnet-lr": { type: "string" },
+    dropout: { type: "string" },
     seed: { type: "string" },
   },
   run: async (v, pos) => {
@@ -68,6 +72,7 @@ pred/<model>/ with evaluation/ (metrics.csv, summary.json, report.html), and dem
       hadnetEpochs: intOpt(v["hadnet-epochs"], "--hadnet-epochs") ?? DEMO_DEFAULTS.hadnetEpochs,
       pretrainLr: numOpt(v["pretrain-lr"], "--pretrain-lr", 1e-8, 1) ?? DEMO_DEFAULTS.pretrainLr,
       hadnetLr: numOpt(v["hadnet-lr"], "--hadnet-lr", 1e-8, 1) ?? DEMO_DEFAULTS.hadnetLr,
+      dropout: numOpt(v.dropout, "--dropout", 0, 0.99) ?? DEMO_DEFAULTS.dropout,
       seed: intOpt(v.seed, "--seed", 0) ?? DEMO_DEFAULTS.seed,
     };
     const result = await runDemo(s);
@@ -93,11 +98,27 @@ export async function runDemo(s: typeof DEMO_DEFAULTS): Promise<DemoResult> {
   await step("preprocess", ...flags({ input: `${o}/raw`, output: `${o}/proc` }));
   await step("split", ...flags({ data: `${o}/proc`, out: `${o}/lists`, seed }));
   for (const role of ["teacher", "student"]) {
-    const run = { role, data: `${o}/proc`, ...lists, out: `${o}/${role}`, epochs: s.pretrainEpochs, k: s.k };
+    const run = {
+      role,
+      data: `${o}/proc`,
+      ...lists,
+      out: `${o}/${role}`,
+      epochs: s.pretrainEpochs,
+      k: s.k,
+      dropout: s.dropout,
+    };
     await step("pretrain", ...flags({ ...run, lr: s.pretrainLr, seed }));
   }
   const pair = { teacher: teacherCkpt, student: studentCkpt };
-  const run = { data: `${o}/proc`, ...lists, ...pair, out: `${o}/hadnet`, epochs: s.hadnetEpochs, lr: s.hadnetLr };
+  const run = {
+    data: `${o}/proc`,
+    ...lists,
+    ...pair,
+    out: `${o}/hadnet`,
+    epochs: s.hadnetEpochs,
+    lr: s.hadnetLr,
+    dropout: s.dropout,
+  };
   await step("train", ...flags({ ...run, seed }));
   const untrained = `${o}/untrained_student.safetensors`;
   await saveUntrainedStudent(untrained, s.k, s.seed);
