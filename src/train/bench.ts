@@ -132,6 +132,14 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     profiler = Profiler.create(g);
     if (!profiler) console.error(`hadnet bench: --profile unavailable: ${Profiler.unavailable(g)}`);
   }
+  try {
+    return await benchMode(g, o, profiler);
+  } finally {
+    profiler?.dispose();
+  }
+}
+
+async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Promise<Record<string, unknown>[]> {
   const out: Record<string, unknown>[] = [];
   /** Appends the result line (with TFLOP/s when flop is given) and, when profiled, one line per kernel. */
   const report = (r: Awaited<ReturnType<typeof time>>, extra: Record<string, unknown> = {}, flop = 0) => {
