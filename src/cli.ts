@@ -5,6 +5,7 @@ import { dataCommands } from "./data/commands.ts";
 import { demoCommand } from "./demo.ts";
 import { inferCommands } from "./infer/commands.ts";
 import { nnCommands } from "./nn/commands.ts";
+import { benchCommand } from "./train/bench.ts";
 import { trainCommands } from "./train/commands.ts";
 
 export const commands: Record<string, Command> = {
@@ -13,6 +14,7 @@ export const commands: Record<string, Command> = {
   ...nnCommands,
   ...trainCommands,
   ...inferCommands,
+  bench: benchCommand,
 };
 
 export function help(): string {

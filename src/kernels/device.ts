@@ -29,6 +29,11 @@ export type Grid = [number, number, number];
 
 export class NoAdapterError extends Error {}
 
+/** Consulted for each compute pass while attached (src/kernels/profile.ts): a descriptor with timestamp writes. */
+export interface PassTimer {
+  pass(name: string): GPUComputePassDescriptor | undefined;
+}
+
 const STORAGE = 0x0080 | 0x0008 | 0x0004; // STORAGE | COPY_DST | COPY_SRC (constants so this loads without a GPU)
 const UNIFORM = 0x0040 | 0x0008; // UNIFORM | COPY_DST
 const MAP_READ = 0x0001 | 0x0008; // MAP_READ | COPY_DST
@@ -52,6 +57,8 @@ export class Gpu {
   #live = 0;
   #peak = 0;
   dispatches = 0;
+  /** Timestamp hook of the profiler; null when not profiling. */
+  passTimer: PassTimer | null = null;
 
   constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: Set<string>) {
     this.device = device;
@@ -173,7 +180,7 @@ export class Gpu {
       entries.push({ binding: bindings.length, resource: { buffer: ub } });
     }
     const bg = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
-    const pass = this.#enc().beginComputePass();
+    const pass = this.#enc().beginComputePass(this.passTimer?.pass(k.name));
     pass.setPipeline(pipe);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
@@ -246,7 +253,7 @@ async function open(): Promise<Gpu> {
   }
   const l = adapter.limits;
   const device = await adapter.requestDevice({
-    requiredFeatures: adapter.features.has("shader-f16") ? ["shader-f16"] : [],
+    requiredFeatures: (["shader-f16", "timestamp-query"] as const).filter((f) => adapter.features.has(f)),
     requiredLimits: {
       maxBufferSize: l.maxBufferSize,
       maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,

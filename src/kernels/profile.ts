@@ -5,16 +5,7 @@
 // in sets of QUERIES; `stop()` resolves them with one extra submit and one readback and sums end - begin per kernel
 // name. Needs the adapter's 'timestamp-query' feature enabled on the device.
 
-import type { Gpu } from "./device.ts";
-
-/** What Gpu.dispatch asks for each pass: a descriptor carrying the pass's timestamp writes (or none). */
-export interface PassTimer {
-  pass(name: string): GPUComputePassDescriptor | undefined;
-}
-
-interface Hooked {
-  passTimer: PassTimer | null;
-}
+import type { Gpu, PassTimer } from "./device.ts";
 
 const QUERIES = 4096; // per query set (WebGPU's limit), two per pass
 const QUERY_RESOLVE = 0x0200, COPY_SRC = 0x0004;
@@ -28,13 +19,11 @@ export interface KernelTime {
 
 export class Profiler implements PassTimer {
   readonly #g: Gpu;
-  readonly #hook: Hooked;
   #sets: GPUQuerySet[] = [];
   #names: string[] = [];
 
-  private constructor(g: Gpu, hook: Hooked) {
+  private constructor(g: Gpu) {
     this.#g = g;
-    this.#hook = hook;
   }
 
   /** Why this Gpu cannot be profiled, or null when it can. */
@@ -42,20 +31,19 @@ export class Profiler implements PassTimer {
     if (!g.device.features.has("timestamp-query")) {
       return `the adapter ${g.adapterName} does not offer (or the device was opened without) 'timestamp-query'`;
     }
-    if (!("passTimer" in g)) return "this build's Gpu.dispatch has no timestamp hook (passTimer)";
     return null;
   }
 
   /** A profiler for g, or null when unavailable (see `unavailable`). */
   static create(g: Gpu): Profiler | null {
-    return Profiler.unavailable(g) ? null : new Profiler(g, g as unknown as Hooked);
+    return Profiler.unavailable(g) ? null : new Profiler(g);
   }
 
   /** Attaches to the GPU: every later dispatch is timed until `stop`. */
   start() {
     this.#g.flush();
     this.#names = [];
-    this.#hook.passTimer = this;
+    this.#g.passTimer = this;
   }
 
   pass(name: string): GPUComputePassDescriptor {
@@ -73,7 +61,7 @@ export class Profiler implements PassTimer {
 
   /** Detaches, reads the timestamps back and returns GPU time per kernel name, largest first. */
   async stop(): Promise<KernelTime[]> {
-    this.#hook.passTimer = null;
+    this.#g.passTimer = null;
     const n = this.#names.length;
     if (!n) return [];
     const g = this.#g;
