@@ -1,5 +1,5 @@
 // Shared test helpers: the GPU (a test that needs an adapter fails when none is found), seeded data, comparisons,
-// and float64 central finite differences.
+// float64 central finite differences, and a Python runner for numpy/nibabel oracles.
 import { type Gpu, gpu } from "../src/kernels/device.ts";
 
 export function testGpu(): Promise<Gpu> {
@@ -63,4 +63,21 @@ export function finiteDiff(
     grad[i] = (up - dn) / (2 * h);
   }
   return grad;
+}
+
+/** Debian's python3 (numpy, nibabel, torch); the `python3` on PATH where that is absent. */
+export const PYTHON = (() => {
+  try {
+    Deno.statSync("/usr/bin/python3");
+    return "/usr/bin/python3";
+  } catch {
+    return "python3";
+  }
+})();
+
+/** Runs `PYTHON -c code ...args`; resolves to its trimmed stdout, throws with its stderr when it fails. */
+export async function python(code: string, ...args: string[]): Promise<string> {
+  const r = await new Deno.Command(PYTHON, { args: ["-c", code, ...args] }).output();
+  if (!r.success) throw new Error(`${PYTHON} failed: ${new TextDecoder().decode(r.stderr)}`);
+  return new TextDecoder().decode(r.stdout).trim();
 }

@@ -14,15 +14,7 @@ import {
 } from "../../src/data/loader.ts";
 import { saveNpy } from "../../src/data/npy.ts";
 import { Rng } from "../../src/nn/rng.ts";
-
-const PY = (() => {
-  try {
-    Deno.statSync("/usr/bin/python3");
-    return "/usr/bin/python3";
-  } catch {
-    return "python3";
-  }
-})();
+import { python } from "../util.ts";
 
 /** A preprocessed subject: random uint16 sequences, zero outside a random mask, labels 0..3. */
 async function makeProcessed(root: string, id: string, grade: string, shape: number[], seed: number) {
@@ -113,8 +105,7 @@ seg=np.load(d+"/seg.npy");seg[np.where(seg==4)]=3
 np.save(d+"/../../teacher.npy",np.stack(out).astype(np.float32))
 np.save(d+"/../../labels.npy",np.pad(seg,pad).astype(np.uint8))
 np.save(d+"/../../pmask.npy",np.pad(mask,pad).astype(np.uint8))`;
-    const r = await new Deno.Command(PY, { args: ["-c", code, `${tmp}/S1/HGG`] }).output();
-    if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
+    await python(code, `${tmp}/S1/HGG`);
     const { loadNpy } = await import("../../src/data/npy.ts");
     const want = (await loadNpy(`${tmp}/teacher.npy`)).data as Float32Array;
     const t = await loadSubject(tmp, "S1", sem, "teacher", true);

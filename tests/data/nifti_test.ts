@@ -2,6 +2,7 @@
 // make_fixtures.py), and writing checked by reading our output back with nibabel itself.
 import assert from "node:assert/strict";
 import { encodeNifti, geometryOf, type NiftiImage, parseNifti, readNifti, writeNifti } from "../../src/data/nifti.ts";
+import { python } from "../util.ts";
 
 const FIX = new URL("../fixtures/nifti/", import.meta.url).pathname;
 const expected: Record<string, any> = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
@@ -94,25 +95,13 @@ Deno.test("encodeNifti refuses values its integer dtype cannot store", () => {
   assert.throws(() => encodeNifti([1, 2, 3], [2, 2], g, "float32"), /dims \[2,2\] hold 4 voxels but data has 3/);
 });
 
-const PY = (() => {
-  try {
-    Deno.statSync("/usr/bin/python3");
-    return "/usr/bin/python3";
-  } catch {
-    return "python3";
-  }
-})();
-
 /** What nibabel reads from a file: shape, affine, codes, units and get_fdata() in x-fastest order. */
 async function nibabelLoad(path: string): Promise<any> {
   const code = `import json,sys,nibabel as nib
 im=nib.load(sys.argv[1]);h=im.header
 print(json.dumps({"shape":list(im.shape),"affine":im.affine.tolist(),"q":int(h["qform_code"]),"s":int(h["sform_code"]),
 "units":int(h["xyzt_units"]),"dtype":str(h.get_data_dtype()),"data":im.get_fdata().ravel(order="F").tolist()}))`;
-  const out = await new Deno.Command(PY, { args: ["-c", code, path] }).output();
-  const err = new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`nibabel (${PY}) could not load ${path}: ${err}`);
-  return JSON.parse(new TextDecoder().decode(out.stdout));
+  return JSON.parse(await python(code, path));
 }
 
 const SOURCES = ["anatomical.nii", "example_nifti2.nii.gz", "standard.nii.gz", "dtype_f4_be.nii"];

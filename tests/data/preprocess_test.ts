@@ -8,18 +8,10 @@ import { loadNpy } from "../../src/data/npy.ts";
 import { preprocessDataset, readMeta, restoreToOriginal, subjectDir } from "../../src/data/preprocess.ts";
 import { formatDuration, JsonlLog, Progress, readJsonl } from "../../src/data/progress.ts";
 import { Rng } from "../../src/nn/rng.ts";
+import { python } from "../util.ts";
 
 const FIX = new URL("../fixtures/nifti/", import.meta.url).pathname;
 const GEOM = geometryOf((await readNifti(FIX + "anatomical.nii")).header);
-const PY = (() => {
-  try {
-    Deno.statSync("/usr/bin/python3");
-    return "/usr/bin/python3";
-  } catch {
-    return "python3";
-  }
-})();
-
 const NAMES_2019: Record<Key, string> = { flr: "flair", t1c: "t1ce", t1p: "t1", t2w: "t2", seg: "seg" };
 const NAMES_2023: Record<Key, string> = { flr: "t2f", t1c: "t1c", t1p: "t1n", t2w: "t2w", seg: "seg" };
 
@@ -74,8 +66,7 @@ for k,v in vols.items():
     v=v.astype(np.uint16)
   np.save(out+"/"+k+".npy",v)
 np.save(out+"/mask.npy",mask[box].astype(np.uint8))`;
-  const r = await new Deno.Command(PY, { args: ["-c", code, JSON.stringify(files), out] }).output();
-  if (!r.success) throw new Error(`numpy oracle failed: ${new TextDecoder().decode(r.stderr)}`);
+  await python(code, JSON.stringify(files), out);
 }
 
 function sourceFiles(dir: string, id: string, sep: string, names: Record<Key, string>): Record<string, string> {

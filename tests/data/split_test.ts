@@ -2,21 +2,7 @@
 // missing-data checks.
 import assert from "node:assert/strict";
 import { checkSplit, makeSplit, readIdList, writeIdList } from "../../src/data/split.ts";
-
-const PY = (() => {
-  try {
-    Deno.statSync("/usr/bin/python3");
-    return "/usr/bin/python3";
-  } catch {
-    return "python3";
-  }
-})();
-
-async function python(code: string, ...args: string[]): Promise<string> {
-  const r = await new Deno.Command(PY, { args: ["-c", code, ...args] }).output();
-  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
-  return new TextDecoder().decode(r.stdout).trim();
-}
+import { python } from "../util.ts";
 
 Deno.test("id lists: numpy's np.save of ids reads back, ours loads in numpy, text files too", async () => {
   const tmp = await Deno.makeTempDir();
