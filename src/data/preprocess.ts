@@ -6,6 +6,7 @@
 // toward zero, after a warning and an absolute value if the cropped volume holds negatives), seg as uint8 with label
 // 4 -> 3, the mask as uint8. Output: <out>/BRATS/<id>/<HGG|LGG>/{flr,t1c,t1p,t2w,seg,mask}.npy as the original, plus
 // hadnet.json (PreprocessMeta) with what restoreToOriginal needs to put a prediction back into the source space.
+import { boundingBox } from "../infer/metrics.ts";
 import {
   discoverSubjects,
   type Grade,
@@ -137,21 +138,9 @@ export function preprocessImages(
     const d = images[s].data;
     for (let i = 0; i < n; i++) if (d[i] === 0) inBrain[i] = 0;
   }
-  const lo = [X, Y, Z], hi = [-1, -1, -1];
-  for (let z = 0, i = 0; z < Z; z++) {
-    for (let y = 0; y < Y; y++) {
-      for (let x = 0; x < X; x++, i++) {
-        if (!inBrain[i]) continue;
-        if (x < lo[0]) lo[0] = x;
-        if (x > hi[0]) hi[0] = x;
-        if (y < lo[1]) lo[1] = y;
-        if (y > hi[1]) hi[1] = y;
-        if (z < lo[2]) lo[2] = z;
-        if (z > hi[2]) hi[2] = z;
-      }
-    }
-  }
-  if (hi[0] < 0) throw new Error(`subject ${id}: no voxel is non-zero in every sequence (empty brain mask)`);
+  const box = boundingBox(inBrain, [X, Y, Z]);
+  if (!box) throw new Error(`subject ${id}: no voxel is non-zero in every sequence (empty brain mask)`);
+  const { lo, hi } = box;
   // Transposed axes [Z, Y, X]; the flip maps source y to Y - 1 - y.
   const cropStart = [lo[2], Y - 1 - hi[1], lo[0]];
   const cropStop = [hi[2] + 1, Y - lo[1], hi[0] + 1];

@@ -107,7 +107,8 @@ interface Box {
   hi: [number, number, number]; // inclusive
 }
 
-function boundingBox(mask: Uint8Array, dims: Dims3): Box | null {
+/** The bounding box of the non-zero voxels of an x-fastest volume; null when there are none. */
+export function boundingBox(mask: Uint8Array, dims: Dims3): Box | null {
   const [X, Y] = dims;
   const lo: [number, number, number] = [Infinity, Infinity, Infinity];
   const hi: [number, number, number] = [-1, -1, -1];
