@@ -24,7 +24,6 @@ import { add, affine } from "../nn/ops/elementwise.ts";
 import { crossEntropy, mse } from "../nn/ops/loss.ts";
 import { Adam } from "../nn/optim.ts";
 import { Rng } from "../nn/rng.ts";
-import { loadSafetensors } from "../nn/safetensors.ts";
 import { backward, noGrad, readAll, scope, type Tensor } from "../nn/tensor.ts";
 import { type FeaturePairs, generatorMeta, UNet } from "../nn/unet.ts";
 import {
@@ -40,13 +39,12 @@ import {
   restoreParams,
   RESUME_FILE,
   RunDir,
-  saveModel,
   SEMANTICS_FILE,
   uploadInput,
   uploadLabels,
 } from "./common.ts";
 import { forEachPrefetched, studentView, SubjectCache } from "./data.ts";
-import { formatDice, prepareData, type RunOptions, saveEpoch } from "./pretrain.ts";
+import { keepBest, prepareData, type RunOptions, saveEpoch, testBest } from "./pretrain.ts";
 
 export interface HadnetConfig {
   /** Preprocessed data (the subjects' root, or a preprocessing output folder holding BRATS/). */
@@ -312,17 +310,7 @@ export async function trainHadnet(
       losses.forEach((x) => x.dispose());
       const meanOf = (j: number) => lv.filter((_, i) => i % 4 === j).reduce((a, x) => a + x[0], 0) / cfg.train.length;
       const v = await evaluate(g, t.student, cfg.validation, studentOf, cfg.classWeights, () => bar!.tick());
-      const best = history.every((h) => v.metric >= h.metric);
-      if (best) {
-        await saveModel(bestPath, t.student.params, {
-          kind: "generator",
-          k: pair.k,
-          sequences: 3,
-          classes: 4,
-          role: "student",
-          epoch,
-        });
-      }
+      const best = await keepBest(bestPath, t.student, "student", epoch, v.metric, history);
       const e = ema.update(v.metric);
       const entry: HadnetEpoch = {
         epoch,
@@ -363,13 +351,7 @@ export async function trainHadnet(
         state,
       );
     }
-    let test: Evaluation | undefined;
-    if (cfg.test.length) {
-      t.student.params.load((await loadSafetensors(bestPath)).tensors, bestPath);
-      test = await evaluate(g, t.student, cfg.test, studentOf, cfg.classWeights);
-      run.log({ event: "test", subjects: cfg.test.length, ...test });
-      bar.log(`test (best model): ${formatDice(test)}`);
-    }
+    const test = await testBest(g, t.student, bestPath, cfg.test, studentOf, cfg.classWeights, run, bar);
     return { history, test };
   } finally {
     bar?.finish();

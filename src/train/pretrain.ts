@@ -212,6 +212,7 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
       const s = await cache.get(id);
       return cfg.augment ? augment(augRng, s) : s;
     };
+    const bestPath = `${cfg.out}/${CHECKPOINT_NAMES[cfg.role]}`;
     for (let epoch = first; epoch <= cfg.epochs; epoch++) {
       const weights = epochWeights(cfg.classWeights, epoch, cfg.weightDecayFactor);
       let lossSum = 0;
@@ -234,17 +235,7 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
         bar!.tick();
       });
       const v = await evaluate(g, net, cfg.validation, (id) => cache.get(id), weights, () => bar!.tick());
-      const best = history.every((h) => v.metric >= h.metric);
-      if (best) {
-        await saveModel(`${cfg.out}/${CHECKPOINT_NAMES[cfg.role]}`, net.params, {
-          kind: "generator",
-          k: cfg.k,
-          sequences: inChannels,
-          classes: 4,
-          role: cfg.role,
-          epoch,
-        });
-      }
+      const best = await keepBest(bestPath, net, cfg.role, epoch, v.metric, history);
       if (cfg.lrPlateau) opt.lr = plateau.step(v.metric, opt.lr);
       const r: EpochResult = {
         epoch,
@@ -262,15 +253,8 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
       );
       await saveEpoch(cfg.out, epoch, cfg.continuousSaving, { model: net.params }, { opt }, loopState(epoch));
     }
-    let test: Evaluation | undefined;
-    if (cfg.test.length) {
-      const best = `${cfg.out}/${CHECKPOINT_NAMES[cfg.role]}`;
-      net.params.load((await loadSafetensors(best)).tensors, best);
-      const weights = epochWeights(cfg.classWeights, Math.max(history.length, 1), cfg.weightDecayFactor);
-      test = await evaluate(g, net, cfg.test, (id) => cache.get(id), weights);
-      run.log({ event: "test", subjects: cfg.test.length, ...test });
-      bar.log(`test (best model): ${formatDice(test)}`);
-    }
+    const weights = epochWeights(cfg.classWeights, Math.max(history.length, 1), cfg.weightDecayFactor);
+    const test = await testBest(g, net, bestPath, cfg.test, (id) => cache.get(id), weights, run, bar);
     return { history, test };
   } finally {
     bar?.finish();
@@ -297,7 +281,46 @@ export async function saveEpoch(
   await saveResume(`${out}/${RESUME_FILE}`, nets, opts, state, copy);
 }
 
-export function formatDice(e: Evaluation): string {
+/**
+ * Whether an epoch's validation metric is >= every earlier epoch's; if so, `net` is saved as the best checkpoint
+ * `path` with its role and epoch in the metadata.
+ */
+export async function keepBest(
+  path: string,
+  net: UNet,
+  role: Role,
+  epoch: number,
+  metric: number,
+  history: readonly { metric: number }[],
+): Promise<boolean> {
+  const best = history.every((h) => metric >= h.metric);
+  if (best) {
+    const { k, inChannels, classes } = net.config;
+    await saveModel(path, net.params, { kind: "generator", k, sequences: inChannels, classes, role, epoch });
+  }
+  return best;
+}
+
+/** The best checkpoint `path` loaded into `net` and evaluated on the test subjects, logged and shown; none: undefined. */
+export async function testBest(
+  g: Gpu,
+  net: UNet,
+  path: string,
+  ids: readonly string[],
+  load: (id: string) => Promise<Sample>,
+  weights: number[],
+  run: RunDir,
+  bar: Progress,
+): Promise<Evaluation | undefined> {
+  if (!ids.length) return undefined;
+  net.params.load((await loadSafetensors(path)).tensors, path);
+  const test = await evaluate(g, net, ids, load, weights);
+  run.log({ event: "test", subjects: ids.length, ...test });
+  bar.log(`test (best model): ${formatDice(test)}`);
+  return test;
+}
+
+function formatDice(e: Evaluation): string {
   return Object.entries(e.dice).map(([r, d]) => `${r} ${d.toFixed(4)}`).join(", ") +
     `, metric ${e.metric.toFixed(4)}, loss ${e.loss.toFixed(4)}`;
 }
