@@ -66,11 +66,13 @@ export function voxelUniforms(c: VoxelChunk, S: number, C: number, gridx: number
   return u;
 }
 
-const SOFTMAX: Kernel = {
-  name: "softmax_channels",
-  wgsl: `
+/** One thread per voxel v of a chunk: `body` reads x at b + c * S (b = the voxel's channel 0) and writes y. */
+function voxelKernel(name: string, yType: "f32" | "u32", body: string): Kernel {
+  return {
+    name,
+    wgsl: `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<${yType}>;
 struct U { ${VOXEL_UNIFORMS} }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(${WG})
@@ -78,36 +80,33 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
   let v = (wg.x + wg.y * u.gridx) * ${WG}u + lid;
   if (v >= u.count) { return; }
   let b = u.shift + v;
-  var m = x[b];
+${body}
+}`,
+  };
+}
+
+const SOFTMAX = voxelKernel(
+  "softmax_channels",
+  "f32",
+  `  var m = x[b];
   for (var c = 1u; c < u.C; c++) { m = max(m, x[b + c * u.S]); }
   var s = 0.0;
   for (var c = 0u; c < u.C; c++) { s += exp(x[b + c * u.S] - m); }
   let inv = 1.0 / s;
-  for (var c = 0u; c < u.C; c++) { y[b + c * u.S] = exp(x[b + c * u.S] - m) * inv; }
-}`,
-};
+  for (var c = 0u; c < u.C; c++) { y[b + c * u.S] = exp(x[b + c * u.S] - m) * inv; }`,
+);
 
-const ARGMAX: Kernel = {
-  name: "argmax_channels",
-  wgsl: `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<u32>;
-struct U { ${VOXEL_UNIFORMS} }
-@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let v = (wg.x + wg.y * u.gridx) * ${WG}u + lid;
-  if (v >= u.count) { return; }
-  let b = u.shift + v;
-  var m = x[b];
+const ARGMAX = voxelKernel(
+  "argmax_channels",
+  "u32",
+  `  var m = x[b];
   var k = 0u;
   for (var c = 1u; c < u.C; c++) {
     let xc = x[b + c * u.S];
     if (xc > m) { m = xc; k = c; }
   }
-  y[u.vshift + v] = k;
-}`,
-};
+  y[u.vshift + v] = k;`,
+);
 
 /** y = softmax over channels of x, both [N, C, D, H, W]. */
 export function softmax(g: Gpu, x: GPUBuffer, y: GPUBuffer, shape: readonly number[]) {
