@@ -301,7 +301,7 @@ export async function keepBest(
   return best;
 }
 
-/** The best checkpoint `path` loaded into `net` and evaluated on the test subjects, logged and shown; none: undefined. */
+/** The best checkpoint `path` loaded into `net` and evaluated on the test subjects (logged and shown), if any. */
 export async function testBest(
   g: Gpu,
   net: UNet,
