@@ -5,7 +5,13 @@ import assert from "node:assert/strict";
 import { discoverSubjects, type Key } from "../../src/data/brats.ts";
 import { geometryOf, readNifti, writeNifti } from "../../src/data/nifti.ts";
 import { loadNpy } from "../../src/data/npy.ts";
-import { preprocessDataset, readMeta, restoreToOriginal, subjectDir } from "../../src/data/preprocess.ts";
+import {
+  type DatasetOptions,
+  preprocessDataset,
+  readMeta,
+  restoreToOriginal,
+  subjectDir,
+} from "../../src/data/preprocess.ts";
 import { formatDuration, JsonlLog, Progress, readJsonl } from "../../src/data/progress.ts";
 import { Rng } from "../../src/nn/rng.ts";
 import { python } from "../util.ts";
@@ -73,7 +79,18 @@ function sourceFiles(dir: string, id: string, sep: string, names: Record<Key, st
   return Object.fromEntries((Object.keys(names) as Key[]).map((k) => [k, `${dir}/${id}${sep}${names[k]}.nii.gz`]));
 }
 
-const quiet = { write: () => {} };
+/** preprocessDataset of tmp/in into tmp/out: one worker, no force, with seg, quiet; `o` overrides. */
+function preprocessTmp(tmp: string, o: Partial<DatasetOptions> = {}) {
+  return preprocessDataset({
+    input: `${tmp}/in`,
+    output: `${tmp}/out`,
+    workers: 1,
+    force: false,
+    withSeg: true,
+    write: () => {},
+    ...o,
+  });
+}
 
 Deno.test("preprocess matches the original's numpy steps and its inverse gives seg.nii.gz back bit-exactly", async () => {
   const tmp = await Deno.makeTempDir();
@@ -91,14 +108,7 @@ Deno.test("preprocess matches the original's numpy steps and its inverse gives s
     ];
     for (const [id, grade, spec] of specs) await makeSubject(`${tmp}/in/${grade}/${id}`, id, "_", NAMES_2019, spec);
     const lines: string[] = [];
-    const sum = await preprocessDataset({
-      input: `${tmp}/in`,
-      output: `${tmp}/out`,
-      workers: 1,
-      force: false,
-      withSeg: true,
-      write: (t) => lines.push(t),
-    });
+    const sum = await preprocessTmp(tmp, { write: (t) => lines.push(t) });
     assert.deepEqual(sum.processed, ["BraTS19_A_1", "BraTS19_B_1"]);
     assert.deepEqual(sum.failed, []);
     assert.equal(sum.warnings.length, 1);
@@ -142,14 +152,7 @@ Deno.test("preprocess reads the flat BraTS 2023 layout: grade unknown under HGG,
     assert.equal(subjects.length, 1);
     assert.equal(subjects[0].grade, "unknown");
     assert.ok(subjects[0].brats2023);
-    const sum = await preprocessDataset({
-      input: `${tmp}/in`,
-      output: `${tmp}/out`,
-      workers: 1,
-      force: false,
-      withSeg: true,
-      ...quiet,
-    });
+    const sum = await preprocessTmp(tmp);
     assert.deepEqual(sum.processed, [id]);
     const dir = `${tmp}/out/BRATS/${id}/HGG`;
     const meta = await readMeta(dir);
@@ -173,8 +176,7 @@ Deno.test("preprocess skips finished subjects, redoes them with force, and repor
     await writeNifti(`${tmp}/in/S3/S3_t2.nii.gz`, new Array(6 * 5 * 5).fill(1), [6, 5, 5], GEOM, "uint8");
     await Deno.writeFile(`${tmp}/in/S4/S4_t1.nii.gz`, new Uint8Array([0x1f, 0x8b, 8, 0, 1, 2, 3]));
     const lines: string[] = [];
-    const opts = { input: `${tmp}/in`, output: `${tmp}/out`, workers: 2, force: false, withSeg: true };
-    const first = await preprocessDataset({ ...opts, write: (t) => lines.push(t) });
+    const first = await preprocessTmp(tmp, { workers: 2, write: (t) => lines.push(t) });
     assert.deepEqual(first.processed, ["S1", "S5"]);
     assert.deepEqual(first.failed.map((f) => f.id), ["S2", "S3", "S4"]);
     assert.match(first.failed[0].reason, /^subject S2: missing t1ce \(no file ending in _t1ce\.nii\[\.gz\]/);
@@ -187,10 +189,10 @@ Deno.test("preprocess skips finished subjects, redoes them with force, and repor
     for (const id of ["S2", "S3", "S4"]) {
       assert.equal(out.split("\n").filter((l) => l.startsWith(`failed: subject ${id}`)).length, 1, out);
     }
-    const again = await preprocessDataset({ ...opts, ...quiet });
+    const again = await preprocessTmp(tmp, { workers: 2 });
     assert.deepEqual(again.skipped, ["S1", "S5"]);
     assert.deepEqual(again.processed, []);
-    const forced = await preprocessDataset({ ...opts, force: true, workers: 1, ...quiet });
+    const forced = await preprocessTmp(tmp, { force: true });
     assert.deepEqual(forced.processed, ["S1", "S5"]);
     assert.deepEqual(forced.skipped, []);
   } finally {
@@ -204,14 +206,7 @@ Deno.test("preprocess without seg (inference) stores no seg and needs none", asy
     const spec = { shape: [5, 6, 7], box: [0, 4, 1, 5, 2, 6], seed: 9, labels: [0, 1] };
     await makeSubject(`${tmp}/in/P1`, "P1", "_", NAMES_2019, spec);
     await Deno.remove(`${tmp}/in/P1/P1_seg.nii.gz`);
-    const sum = await preprocessDataset({
-      input: `${tmp}/in`,
-      output: `${tmp}/out`,
-      workers: 1,
-      force: false,
-      withSeg: false,
-      ...quiet,
-    });
+    const sum = await preprocessTmp(tmp, { withSeg: false });
     assert.deepEqual(sum.processed, ["P1"]);
     const names = [...Deno.readDirSync(`${tmp}/out/BRATS/P1/HGG`)].map((e) => e.name).sort();
     assert.deepEqual(names, ["flr.npy", "hadnet.json", "mask.npy", "t1c.npy", "t1p.npy", "t2w.npy"]);
@@ -222,14 +217,7 @@ Deno.test("preprocess without seg (inference) stores no seg and needs none", asy
       () => restoreToOriginal(new Uint8Array(3), meta),
       /subject P1: got 3 voxels, crop \[5,5,5\] needs 125/,
     );
-    const withSeg = await preprocessDataset({
-      input: `${tmp}/in`,
-      output: `${tmp}/out2`,
-      workers: 1,
-      force: false,
-      withSeg: true,
-      ...quiet,
-    });
+    const withSeg = await preprocessTmp(tmp, { output: `${tmp}/out2` });
     assert.match(withSeg.failed[0].reason, /subject P1: missing seg/);
   } finally {
     await Deno.remove(tmp, { recursive: true });
