@@ -14,17 +14,11 @@ import { readJsonl } from "../../src/data/progress.ts";
 import { Rng } from "../../src/nn/rng.ts";
 import { UNet } from "../../src/nn/unet.ts";
 import { saveModel } from "../../src/train/common.ts";
-import { testGpu } from "../util.ts";
+import { python, testGpu } from "../util.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIZE: [number, number, number] = [40, 36, 30];
 const IDS = ["BraTS19_SYN_0001_1", "BraTS19_SYN_0002_1"];
-
-async function python(code: string, ...args: string[]): Promise<string> {
-  const r = await new Deno.Command("/usr/bin/python3", { args: ["-c", code, ...args] }).output();
-  if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
-  return new TextDecoder().decode(r.stdout).trim();
-}
 
 /** shape, dtype, unique values, and whether the affine equals the reference file's, as nibabel reads them. */
 async function nib(
