@@ -249,7 +249,8 @@ export interface LoadedSubject {
   };
 }
 
-async function loadVolume(dir: string, name: string, id: string, shape?: number[]): Promise<Npy> {
+/** One .npy of a subject folder, 3D and (when given) of `shape`; errors name the subject and file. */
+export async function loadVolume(dir: string, name: string, id: string, shape?: number[]): Promise<Npy> {
   let a: Npy;
   try {
     a = await loadNpy(`${dir}/${name}.npy`);

@@ -243,6 +243,71 @@ export function restoreToOriginal(pred: ArrayLike<number>, meta: PreprocessMeta,
   return out;
 }
 
+/**
+ * The crop box of a subject preprocessed by the original tool (its arrays, no hadnet.json), recovered from the raw
+ * images as the original's inference.py does (SaverioVad/HAD_Net, get_cuts and save_segmentation): per source axis
+ * of the untransposed NIfTI arrays, each sequence's leading zero margin (first non-zero index) and trailing one
+ * (size - 1 - last non-zero index), each the max over flair, t1ce, t1 and t2; the prediction, un-padded and swapped
+ * back to [X, Y, Z] then y-flipped, is zero-padded by those margins. Placement is thus by the leading margins in
+ * source space; after our transpose to [Z, Y, X] and y flip the start is [z lead, y trail, x lead]. The original
+ * fails when the padded result is not the FLAIR's shape; here the same condition (margin box != the stored arrays'
+ * shape, i.e. this rule disagrees with the brain mask's bounding box) is an error naming the subject.
+ * Returns a PreprocessMeta for restoreToOriginal (labels: BraTS 2023 keeps 3, others 3 -> 4, as the original).
+ */
+export function marginMeta(
+  id: string,
+  grade: Grade,
+  images: Record<Seq, NiftiImage>,
+  croppedShape: readonly number[],
+  sources: Partial<Record<Key, string>>,
+  brats2023: boolean,
+): PreprocessMeta {
+  const shape = dims3(images.flr, sources.flr ?? "flr");
+  const lead = [0, 0, 0], trail = [0, 0, 0];
+  for (const s of SEQUENCES) {
+    const d = dims3(images[s], sources[s] ?? s);
+    if (d.some((x, i) => x !== shape[i])) {
+      throw new Error(
+        `subject ${id}: shape mismatch: ${s} (${sources[s]}) has dims [${d}] but flr (${sources.flr}) has [${shape}]`,
+      );
+    }
+    const box = boundingBox(Uint8Array.from(images[s].data, (v) => (v !== 0 ? 1 : 0)), [d[0], d[1], d[2]]);
+    if (!box) throw new Error(`subject ${id}: ${s} (${sources[s]}) is all zero`);
+    for (let a = 0; a < 3; a++) {
+      lead[a] = Math.max(lead[a], box.lo[a]);
+      trail[a] = Math.max(trail[a], shape[a] - 1 - box.hi[a]);
+    }
+  }
+  const [X, Y, Z] = shape;
+  const cropStart = [lead[2], trail[1], lead[0]];
+  const cropStop = [Z - trail[2], Y - lead[1], X - trail[0]];
+  const box = cropStart.map((s, i) => cropStop[i] - s);
+  if (box.some((b, i) => b !== croppedShape[i])) {
+    throw new Error(
+      `subject ${id}: the raw images' zero margins give a [${box}] brain box but the preprocessed arrays are ` +
+        `[${croppedShape}] ([z, y, x]); are they preprocessed from these raw images (${sources.flr})?`,
+    );
+  }
+  return {
+    format: "hadnet-preprocess",
+    version: 1,
+    id,
+    grade,
+    sources,
+    originalShape: shape,
+    transpose: [2, 1, 0],
+    flipAxes: [1],
+    cropStart,
+    cropStop,
+    croppedShape: [...croppedShape],
+    classLabels: brats2023 ? [0, 1, 2, 3] : [0, 1, 2, 4],
+    geometry: geometryOf(images.flr.header),
+    affine: images.flr.header.affine,
+    rawHeader: base64(images.flr.rawHeader),
+    warnings: [],
+  };
+}
+
 /** Where a subject's files go. LGG keeps its folder; HGG and ungraded subjects use HGG, as the original expects. */
 export function subjectDir(outRoot: string, id: string, grade: Grade): string {
   return `${outRoot}/${BRATS_DIR}/${id}/${grade === "LGG" ? "LGG" : "HGG"}`;

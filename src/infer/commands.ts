@@ -4,7 +4,7 @@ import { evaluateCommand } from "./evaluate.ts";
 
 export const inferCommands: Record<string, Command> = {
   infer: {
-    summary: "segment raw BraTS subjects with a trained generator (NIfTI labels, optional uncertainty maps)",
+    summary: "segment raw or preprocessed BraTS subjects with a trained generator (NIfTI labels, uncertainty maps)",
     usage: "hadnet infer <input-dir> <out-dir> --model FILE --semantics FILE [options]\n\n" +
       "Segments every subject under <input-dir> (BraTS 2019 HGG/LGG folders, flat 2020/2021, or 2023 names) and\n" +
       "writes <out-dir>/<id>.nii.gz (uint8, the FLAIR's grid and geometry). Each subject is preprocessed in\n" +
@@ -15,7 +15,17 @@ export const inferCommands: Record<string, Command> = {
       "are skipped unless --force. A failing subject is reported and the others go on; the exit status is 1 when\n" +
       "any failed. <out-dir>/infer.jsonl gets the options, one line per subject (done, skipped or failed, with\n" +
       "time and warnings) and a summary, appended by each run.\n\n" +
+      "Preprocessed input (--preprocessed): <input-dir> is the output of `preprocess` or of the original's\n" +
+      "data_preprocessor(_inference).py (<input-dir>[/BRATS]/<id>/<HGG|LGG|LGG_or_HGG>/*.npy); the arrays are\n" +
+      "normalised and padded as in training. A subject's hadnet.json places the result back in its source image\n" +
+      "space. Without one (the original tool's output), --raw must name the raw BraTS folder it was preprocessed\n" +
+      "from: the subject of the same id there gives the geometry (the FLAIR's) and, as the original inference.py,\n" +
+      "the placement: per axis of the NIfTI array, the largest leading and trailing all-zero margins over the four\n" +
+      "sequences (they must enclose exactly the preprocessed arrays' size).\n\n" +
       "Options:\n" +
+      "  --preprocessed        <input-dir> holds preprocessed arrays, not NIfTIs\n" +
+      "  --raw DIR             with --preprocessed: raw BraTS folder (any layout above) for subjects that have no\n" +
+      "                        hadnet.json\n" +
       "  --model FILE          generator weights: hadnet .safetensors, or the original's .pth (k, sequences and\n" +
       "                        classes are read off the weights)\n" +
       "  --semantics FILE      semantics from training (.json) or the original's HAD_Net_semantics.npy\n" +
@@ -39,6 +49,8 @@ export const inferCommands: Record<string, Command> = {
       "  --seed S              seed of the dropout masks; each subject restarts from it (default 0)\n" +
       "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis",
     options: {
+      preprocessed: { type: "boolean" },
+      raw: { type: "string" },
       model: { type: "string" },
       semantics: { type: "string" },
       role: { type: "string" },
@@ -55,6 +67,9 @@ export const inferCommands: Record<string, Command> = {
     },
     run: async (v, pos) => {
       if (pos.length !== 2) throw new UsageError("infer takes <input-dir> <out-dir>");
+      if (v.raw !== undefined && v.preprocessed !== true) {
+        throw new UsageError("--raw is only used with --preprocessed");
+      }
       const role = (v.role as string | undefined) ?? "student";
       if (role !== "student" && role !== "teacher") {
         throw new UsageError(`--role must be student or teacher, got "${role}"`);
@@ -89,6 +104,8 @@ export const inferCommands: Record<string, Command> = {
       const { runInference } = await import("./infer.ts");
       const summary = await runInference(await gpu(), {
         input: pos[0],
+        preprocessed: v.preprocessed === true,
+        raw: v.raw as string | undefined,
         out: pos[1],
         model: reqOpt(v.model, "--model"),
         semantics: reqOpt(v.semantics, "--semantics"),

@@ -2,8 +2,11 @@
 // intermediate files: one forward per subject (or per window), plus N dropout passes for MC uncertainty.
 //
 // Per subject: the NIfTIs are preprocessed in memory (preprocessImages: transpose to [z, y, x], y flip, crop to the
-// brain box, uint16), each sequence is normalised over the brain mask (normalizeSequence) and fitted to the
-// semantics size as the original inference generator does per dim: zero-padded from floor(diff / 2) when smaller,
+// brain box, uint16), or, with `preprocessed`, the arrays of a preprocessed folder are read (hadnet's or the original
+// tool's layout, <id>/<HGG|LGG|LGG_or_HGG>/*.npy). The crop box comes from the in-memory meta, hadnet.json, or for
+// the original tool's output (no hadnet.json) the raw images by the original's zero-margin rule (marginMeta).
+// Each sequence is normalised over the brain mask (normalizeSequence) and fitted to the semantics size as the
+// original inference generator does per dim: zero-padded from floor(diff / 2) when smaller,
 // centre-cropped from |floor(diff / 2)| when larger (with a warning; the cut region comes back as background).
 // Eval-mode forward, softmax, argmax on the GPU; only the argmax (and the probabilities when uncertainty maps are
 // asked for) is read back. Small ET components may be relabelled necrosis (postprocess.ts). Class indices become
@@ -16,17 +19,28 @@
 // running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
 // map stays the eval-mode one whatever the uncertainty mode.
 
-import { discoverSubjects, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
+import { discoverSubjects, type Key, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
+  gradeDir,
+  listSubjects,
   loadSemantics,
+  loadVolume,
   normalizeSequence,
   type Role,
   type Semantics,
   STUDENT_SEQUENCES,
+  subjectsRoot,
   TEACHER_SEQUENCES,
 } from "../data/loader.ts";
 import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
-import { preprocessImages, type PreprocessMeta, restoreToOriginal } from "../data/preprocess.ts";
+import {
+  marginMeta,
+  META_FILE,
+  preprocessImages,
+  type PreprocessMeta,
+  readMeta,
+  restoreToOriginal,
+} from "../data/preprocess.ts";
 import { JsonlLog, Progress } from "../data/progress.ts";
 import type { Gpu } from "../kernels/device.ts";
 import { loadWeights } from "../nn/checkpoint.ts";
@@ -40,8 +54,12 @@ import { regionUncertainty, relabelSmallEt, UNCERTAINTY_REGIONS, type Uncertaint
 export const CLASSES = 4;
 
 export interface InferOptions {
-  /** Raw dataset root, any layout of brats.ts. */
+  /** Raw dataset root, any layout of brats.ts; with `preprocessed`, a preprocessed root (<proc> or <proc>/BRATS). */
   input: string;
+  /** `input` holds preprocessed arrays rather than NIfTIs. */
+  preprocessed?: boolean;
+  /** Raw dataset root giving the geometry of preprocessed subjects without hadnet.json (the original tool's). */
+  raw?: string;
   /** Output folder: <id>.nii.gz, uncertainty maps, infer.jsonl. */
   out: string;
   model: string;
@@ -272,7 +290,7 @@ export async function predict(
 
 /** The role's sequences normalised and fitted to the semantics size: [C, D, H, W] input. */
 export function prepareInput(
-  volumes: Record<Seq, ArrayLike<number>>,
+  volumes: Partial<Record<Seq, ArrayLike<number>>>,
   mask: Uint8Array,
   shape: readonly number[],
   semantics: Semantics,
@@ -284,7 +302,9 @@ export function prepareInput(
   const box = fitBox(shape, target);
   const input = new Float32Array(channels.length * S);
   channels.forEach((s, c) => {
-    const norm = normalizeSequence(volumes[s], mask, `subject ${id}: ${s}`);
+    const v = volumes[s];
+    if (!v) throw new Error(`subject ${id}: no ${s} sequence for the ${role}`);
+    const norm = normalizeSequence(v, mask, `subject ${id}: ${s}`);
     copyBox(norm, shape, box.src, input, target, box.dst, box.size, c * S);
   });
   return input;
@@ -317,35 +337,106 @@ function exists(path: string): boolean {
   }
 }
 
-/** Reads, preprocesses, segments and writes one subject; returns its warnings. */
-async function inferSubject(
-  net: UNet,
-  src: SubjectSource,
-  semantics: Semantics,
-  o: InferOptions,
-): Promise<string[]> {
+/** A subject ready to segment: the fitted input, the cropped [D, H, W] it came from, the way back, warnings. */
+interface Prepared {
+  input: Float32Array;
+  shape: number[];
+  meta: PreprocessMeta;
+  warnings: string[];
+}
+
+async function readSequences(src: SubjectSource) {
   const files = requiredFiles(src, false);
   const images = {} as Record<Seq, NiftiImage>;
   for (const s of SEQUENCES) images[s] = await readNifti(files[s]);
-  const sources = Object.fromEntries(SEQUENCES.map((s) => [s, files[s]]));
+  const sources: Partial<Record<Key, string>> = Object.fromEntries(SEQUENCES.map((s) => [s, files[s]]));
+  return { images, sources };
+}
+
+/** A raw subject, preprocessed in memory. */
+async function prepareRaw(src: SubjectSource, semantics: Semantics, role: Role): Promise<Prepared> {
+  const { images, sources } = await readSequences(src);
   const p = preprocessImages(src.id, src.grade, images, undefined, sources, src.brats2023);
-  const meta: PreprocessMeta = p.meta;
-  const warnings = [...meta.warnings];
-  const shape = meta.croppedShape, target = semantics.shape;
+  const shape = p.meta.croppedShape;
+  const input = prepareInput(p.volumes, p.mask, shape, semantics, role, src.id);
+  return { input, shape, meta: p.meta, warnings: [...p.meta.warnings] };
+}
+
+/**
+ * A preprocessed subject folder: its arrays, placed back by its hadnet.json or, without one (the original tool's
+ * output), by the raw subject of the same id in `raw` (marginMeta).
+ */
+async function preparePreprocessed(
+  root: string,
+  id: string,
+  semantics: Semantics,
+  role: Role,
+  raw?: { dir: string; byId: Map<string, SubjectSource> },
+): Promise<Prepared> {
+  const dir = gradeDir(root, id);
+  const mask = await loadVolume(dir, "mask", id);
+  const shape = mask.shape;
+  const volumes: Partial<Record<Seq, ArrayLike<number>>> = {};
+  for (const s of role === "teacher" ? TEACHER_SEQUENCES : STUDENT_SEQUENCES) {
+    volumes[s] = (await loadVolume(dir, s, id, shape)).data as ArrayLike<number>;
+  }
+  let meta: PreprocessMeta;
+  if (exists(`${dir}/${META_FILE}`)) {
+    meta = await readMeta(dir);
+    if (meta.croppedShape.some((d, i) => d !== shape[i])) {
+      throw new Error(
+        `subject ${id}: ${dir}/${META_FILE} records a [${meta.croppedShape}] crop, mask.npy is [${shape}]`,
+      );
+    }
+  } else {
+    if (!raw) {
+      throw new Error(
+        `subject ${id}: ${dir} has no ${META_FILE} (preprocessed by the original tool?); give --raw, the raw BraTS ` +
+          `folder it came from, to place the prediction`,
+      );
+    }
+    const src = raw.byId.get(id);
+    if (!src) {
+      throw new Error(
+        `subject ${id}: not found in the raw folder ${raw.dir} (--raw), needed to place its prediction ` +
+          `(${dir} has no ${META_FILE})`,
+      );
+    }
+    const { images, sources } = await readSequences(src);
+    meta = marginMeta(id, src.grade, images, shape, sources, src.brats2023);
+  }
+  return {
+    input: prepareInput(volumes, mask.data as Uint8Array, shape, semantics, role, id),
+    shape,
+    meta,
+    warnings: [],
+  };
+}
+
+/** Segments one prepared subject and writes its outputs; returns its warnings. */
+async function segmentSubject(
+  net: UNet,
+  id: string,
+  prepared: Prepared,
+  semantics: Semantics,
+  o: InferOptions,
+): Promise<string[]> {
+  const { input, shape, meta } = prepared;
+  const warnings = [...prepared.warnings];
+  const target = semantics.shape;
   const cut = shape.map((s, i) => (s > target[i] ? i : -1)).filter((i) => i >= 0);
   if (cut.length) {
     warnings.push(
-      `subject ${src.id}: cropped size [${shape}] exceeds the semantics size [${target}] in dim ${cut.join(", ")}; ` +
+      `subject ${id}: cropped size [${shape}] exceeds the semantics size [${target}] in dim ${cut.join(", ")}; ` +
         `centre-cropped, the cut region is labelled background`,
     );
   }
-  const input = prepareInput(p.volumes, p.mask, shape, semantics, o.role, src.id);
   const pred = await predict(net, input, target, o);
   const labels = unfit(pred.labels, target, shape);
   if (o.minEt !== undefined) relabelSmallEt(labels, shape, o.minEt);
   const write = (name: string, data: Uint8Array) =>
     writeNifti(`${o.out}/${name}`, data, meta.originalShape, meta.geometry, "uint8", "hadnet infer");
-  const [segName, ...uncNames] = outputNames(src.id, pred.probs !== undefined);
+  const [segName, ...uncNames] = outputNames(id, pred.probs !== undefined);
   if (pred.probs) {
     const unc = regionUncertainty(pred.probs, target[0] * target[1] * target[2]);
     const regions = Object.keys(UNCERTAINTY_REGIONS) as UncertaintyRegion[];
@@ -371,7 +462,20 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (channels !== expected) {
     throw new Error(`${o.semantics}: semantics gives the ${o.role} ${channels} sequences, expected ${expected}`);
   }
-  let subjects = discoverSubjects(o.input);
+  let subjects: { id: string; prepare: () => Promise<Prepared> }[];
+  if (o.preprocessed) {
+    const root = subjectsRoot(o.input);
+    const raw = o.raw ? { dir: o.raw, byId: new Map(discoverSubjects(o.raw).map((s) => [s.id, s])) } : undefined;
+    subjects = listSubjects(root).map((id) => ({
+      id,
+      prepare: () => preparePreprocessed(root, id, semantics, o.role, raw),
+    }));
+  } else {
+    subjects = discoverSubjects(o.input).map((src) => ({
+      id: src.id,
+      prepare: () => prepareRaw(src, semantics, o.role),
+    }));
+  }
   if (o.ids) {
     const byId = new Map(subjects.map((s) => [s.id, s]));
     const missing = o.ids.filter((id) => !byId.has(id));
@@ -398,7 +502,7 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
     for (const s of todo) {
       const t0 = performance.now();
       try {
-        const warnings = await inferSubject(net, s, semantics, o);
+        const warnings = await segmentSubject(net, s.id, await s.prepare(), semantics, o);
         for (const w of warnings) bar.log(`warning: ${w}`);
         summary.warnings.push(...warnings);
         summary.done.push(s.id);

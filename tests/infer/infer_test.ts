@@ -1,12 +1,15 @@
 // `hadnet infer` on tiny synthetic BraTS data (40x36x30, cropped to about 23x29x32: padded in some dims, cut in
 // others) with randomly initialised k=2 generators; the outputs are checked with nibabel (/usr/bin/python3) and
 // against the brain box computed here from the source NIfTIs. Plus the pure parts: fit/unfit, window starts, the
-// Gaussian map, 26-connected components and the small-ET relabelling, region uncertainty.
+// Gaussian map, 26-connected components and the small-ET relabelling, region uncertainty. Preprocessed input
+// (hadnet's layout with hadnet.json, the original tool's without) must give the raw-folder output voxel for voxel.
 import assert from "node:assert/strict";
 import { main } from "../../main.ts";
 import { inferCommands } from "../../src/infer/commands.ts";
-import { readNifti } from "../../src/data/nifti.ts";
+import { encodeNifti, type NiftiImage, parseNifti, readNifti } from "../../src/data/nifti.ts";
+import { marginMeta, preprocessDataset, preprocessImages, restoreToOriginal } from "../../src/data/preprocess.ts";
 import { writeSynthDataset } from "../../src/data/synth.ts";
+import { synthGeometry } from "../../src/data/synth.ts";
 import { copyBox, fitBox, gaussianWindow, unfit, windowStarts } from "../../src/infer/infer.ts";
 import { components26, regionUncertainty, relabelSmallEt } from "../../src/infer/postprocess.ts";
 import { saveSafetensors } from "../../src/nn/safetensors.ts";
@@ -350,5 +353,125 @@ Deno.test("infer: a model of the wrong sequence count or k is one error; a faili
     const failed = readJsonl(`${out}/infer.jsonl`).filter((l) => l.status === "failed");
     assert.equal(failed.length, 1);
     assert.match(String(failed[0].reason), /^subject BraTS19_SYN_0009_1: missing t2/);
+  });
+});
+
+/** Four tiny uint16 NIfTIs [X, Y, Z] with the given non-zero voxels (value 7) per sequence. */
+function tinyImages(dims: [number, number, number], voxels: Record<"flr" | "t1c" | "t1p" | "t2w", number[][]>) {
+  const out = {} as Record<"flr" | "t1c" | "t1p" | "t2w", NiftiImage>;
+  for (const [s, vs] of Object.entries(voxels)) {
+    const data = new Uint16Array(dims[0] * dims[1] * dims[2]);
+    for (const [x, y, z] of vs) data[x + dims[0] * (y + dims[1] * z)] = 7;
+    out[s as keyof typeof out] = parseNifti(encodeNifti(data, dims, synthGeometry(dims), "uint16"));
+  }
+  return out;
+}
+
+Deno.test("marginMeta: the original's max leading/trailing zero margins place the box; a disagreeing mask fails", () => {
+  // Source dims [7, 6, 5]. Supports: x from 1 (t1 from 2) to 4, y from 2 (t2 from 1) to 3, z from 0 to 3 (flair to 4).
+  const dims: [number, number, number] = [7, 6, 5];
+  const box = (x0: number, x1: number, y0: number, y1: number, z0: number, z1: number) => {
+    const v: number[][] = [];
+    for (let z = z0; z <= z1; z++) for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) v.push([x, y, z]);
+    return v;
+  };
+  const images = tinyImages(dims, {
+    flr: box(1, 4, 2, 3, 0, 4),
+    t1c: box(1, 4, 2, 3, 0, 3),
+    t1p: box(2, 4, 2, 3, 0, 3),
+    t2w: box(1, 4, 1, 3, 0, 3),
+  });
+  // Brain box x 2..4, y 2..3, z 0..3: leading margins (max) x 2, y 2, z 0; trailing x 2, y 2, z 1.
+  const meta = marginMeta("S", "unknown", images, [4, 2, 3], {}, false);
+  assert.deepEqual(meta.originalShape, [7, 6, 5]);
+  // [z lead, y trail (the y flip), x lead].
+  assert.deepEqual(meta.cropStart, [0, 2, 2]);
+  assert.deepEqual(meta.cropStop, [4, 4, 5]);
+  assert.deepEqual(meta.classLabels, [0, 1, 2, 4]);
+  const p = preprocessImages("S", "unknown", images, undefined, {});
+  assert.deepEqual(meta.cropStart, p.meta.cropStart);
+  // Class 3 over the whole crop comes back as label 4 exactly on the brain box.
+  const back = restoreToOriginal(new Uint8Array(24).fill(3), meta);
+  for (let z = 0, i = 0; z < 5; z++) {
+    for (let y = 0; y < 6; y++) {
+      for (let x = 0; x < 7; x++, i++) {
+        assert.equal(back[i], x >= 2 && x <= 4 && y >= 2 && y <= 3 && z <= 3 ? 4 : 0, `(${x},${y},${z})`);
+      }
+    }
+  }
+  assert.deepEqual(marginMeta("S", "unknown", images, [4, 2, 3], {}, true).classLabels, [0, 1, 2, 3]);
+  // Each sequence spans x 1..4 and y 2..3 but they share only (2,2,2): the mask's box is one voxel while the
+  // margins still enclose [1, 2, 4] ([z, y, x]); the original's shape check fails, and so does this.
+  const odd = tinyImages(dims, {
+    flr: [[1, 2, 2], [2, 2, 2], [4, 3, 2]],
+    t1c: [[1, 3, 2], [2, 2, 2], [4, 2, 2]],
+    t1p: [[1, 3, 2], [2, 2, 2], [4, 2, 2]],
+    t2w: [[1, 3, 2], [2, 2, 2], [4, 2, 2]],
+  });
+  const cropped = preprocessImages("S", "unknown", odd, undefined, {}).meta.croppedShape;
+  assert.deepEqual(cropped, [1, 1, 1]);
+  assert.throws(
+    () => marginMeta("S", "unknown", odd, cropped, { flr: "S_flair.nii.gz" }, false),
+    /^Error: subject S: the raw images' zero margins give a \[1,2,4\] brain box but the preprocessed arrays are \[1,1,1\]/,
+  );
+});
+
+Deno.test("infer --preprocessed: hadnet's layout (hadnet.json) and the original's (LGG_or_HGG, --raw) equal raw inference", async () => {
+  await withFixture(async (f) => {
+    const read = async (path: string) => (await readNifti(path)).data;
+    // The 16-deep semantics cut every subject: the centre-crop path runs too.
+    assert.equal(await infer(f, `${f.dir}/ref`, f.student, f.sem16), 0);
+    for (const id of IDS) assert.ok(new Set(await read(`${f.dir}/ref/${id}.nii.gz`)).size > 2, `${id}: few labels`);
+    const proc = `${f.dir}/proc`;
+    const pre = await preprocessDataset({
+      input: f.raw,
+      output: proc,
+      workers: 1,
+      force: false,
+      withSeg: false,
+      write: () => {},
+    });
+    assert.deepEqual(pre.processed, IDS);
+    const run = (input: string, out: string, ...rest: string[]) =>
+      main(["infer", input, out, "--preprocessed", "--model", f.student, "--semantics", f.sem16, ...rest]);
+    // 1. hadnet's own preprocessing, given as the output root: the crop box from hadnet.json.
+    assert.equal(await run(proc, `${f.dir}/pre`), 0);
+    for (const id of IDS) {
+      assert.deepEqual(await read(`${f.dir}/pre/${id}.nii.gz`), await read(`${f.dir}/ref/${id}.nii.gz`), id);
+    }
+    // 2. The original's data_preprocessor_inference.py layout: <proc>/BRATS/<id>/LGG_or_HGG, no hadnet.json.
+    const id = IDS[1], orig = `${f.dir}/orig`, subj = `${orig}/BRATS/${id}/LGG_or_HGG`;
+    await Deno.mkdir(subj, { recursive: true });
+    for (const n of ["flr", "t1c", "t1p", "t2w", "mask"]) {
+      await Deno.copyFile(`${proc}/BRATS/${id}/HGG/${n}.npy`, `${subj}/${n}.npy`);
+    }
+    const noRaw = `${f.dir}/noraw`;
+    assert.equal(await run(orig, noRaw), 1);
+    const reason = String(readJsonl(`${noRaw}/infer.jsonl`).find((l) => l.status === "failed")!.reason);
+    assert.match(reason, new RegExp(`^subject ${id}: .*LGG_or_HGG has no hadnet\\.json .*give --raw`));
+    assert.equal(await run(orig, `${f.dir}/orig_out`, "--raw", f.raw), 0);
+    const out = `${f.dir}/orig_out/${id}.nii.gz`;
+    const r = await nib(out, `${f.raw}/HGG/${id}/${id}_flair.nii.gz`);
+    assert.deepEqual(r.shape, SIZE);
+    assert.ok(r.affine, "affine differs from the flair's");
+    // Synthetic sequences share one support, so the margin rule and the mask's box coincide.
+    assert.deepEqual(await read(out), await read(`${f.dir}/ref/${id}.nii.gz`));
+    // 3. The raw folder lacks the subject: one error naming it; --raw without --preprocessed is a usage error.
+    const partial = `${f.dir}/partial/HGG`;
+    await Deno.mkdir(partial, { recursive: true });
+    await Deno.symlink(`${f.raw}/HGG/${IDS[0]}`, `${partial}/${IDS[0]}`);
+    const missing = `${f.dir}/missing`;
+    assert.equal(await run(orig, missing, "--raw", `${f.dir}/partial`), 1);
+    const failed = readJsonl(`${missing}/infer.jsonl`).filter((l) => l.status === "failed");
+    assert.equal(failed.length, 1);
+    assert.equal(
+      failed[0].reason,
+      `subject ${id}: not found in the raw folder ${f.dir}/partial (--raw), needed to place its prediction ` +
+        `(${subj} has no hadnet.json)`,
+    );
+    await assert.rejects(
+      main(["infer", f.raw, `${f.dir}/x`, "--raw", f.raw, "--model", f.student]),
+      /--raw is only used with --preprocessed/,
+    );
   });
 });
