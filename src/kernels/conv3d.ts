@@ -14,6 +14,11 @@
 //   (COV 1 or 2, VH 1, 2 or 4, chosen by the channel and row counts; see threadBlock) in named vec4 accumulators;
 //   per (channel, kd) each input row and each weight is loaded once and reused across kh, kw, rows and voxels;
 //   weights for CIT input channels (at most the channel count) are staged in workgroup memory.
+//   Split-K (splitPlan), for output slices of at most 32 thread positions with at least 16 source channels, where
+//   the 8x8 tile would leave most lanes idle: the workgroup fits the slice, KZ lanes along x (the SIMD axis of CPU
+//   adapters) take interleaved staged input channels, and channel chunks spread over workgroups; each lane writes
+//   partials [chunk*KZ + lane][destination window] and conv3d_sum_parts_out sums them into y (adding the bias, or
+//   accumulating over input-channel windows).
 // - conv3d_dw, split-K weight gradient: each workgroup takes a chunk of output rows (od, oh) and 4*COV output
 //   channels, stages dy row segments in workgroup memory, and each thread (workgroups sized to the Cin*k*k rows, so
 //   few lanes idle on small channel counts) accumulates the k kw-taps of one (ci, kd, kh), four voxels per step
@@ -110,7 +115,23 @@ function stagedChannels(t: number, cov: number, cin: number): number {
   return Math.max(1, Math.min(16, cin, Math.floor(512 / (t ** 3 * cov))));
 }
 
-function gatherKernel(t: number, s: number, cov: number, vh: number): Kernel {
+/**
+ * Split-K gather on small output planes: the workgroup is fitted to the plane (wx x wy threads) and its KZ lanes
+ * take interleaved staged input channels; every lane writes its partial sums (part = chunk * KZ + lane) into a
+ * scratch buffer laid out like the destination window, and conv3d_sum_parts_out adds them up.
+ */
+interface Split {
+  wx: number;
+  wy: number;
+  kz: number;
+}
+
+function gatherKernel(t: number, s: number, cov: number, vh: number, split: Split | null): Kernel {
+  const [wx, wy, kz] = split ? [split.wx, split.wy, split.kz] : [WX, WY, 1];
+  // llvmpipe runs a workgroup's invocations SIMD along x only, so split-K puts its channel lanes on x.
+  const [size, lx, ly, lane] = split
+    ? [`${kz}, ${wx}, ${wy}`, "lv.y", "lv.z", "lv.x"]
+    : [`${WX}, ${WY}, 1`, "lv.x", "lv.y", "lv.z"];
   const t2 = t * t, t3 = t2 * t;
   const cit = stagedChannels(t, cov, Infinity); // the most; u.cit says how many
   const ncol = s * (VW - 1) + t;
@@ -163,7 +184,7 @@ function gatherKernel(t: number, s: number, cov: number, vh: number): Kernel {
       stores += `if (ow0 + ${v}u < u.outW) { let yi = yrow + (ow0 + ${v}u) * u.outStep;\n`;
       for (let cv = 0; cv < cov; cv++) {
         for (let q = 0; q < 4; q++) {
-          stores += `  store(yi, cb * ${4 * cov}u + ${cv * 4 + q}u, a${y}_${v}_${cv}[${q}]);\n`;
+          stores += `  store(yi, part, cb * ${4 * cov}u + ${cv * 4 + q}u, a${y}_${v}_${cv}[${q}]);\n`;
         }
       }
       stores += "}\n";
@@ -171,7 +192,7 @@ function gatherKernel(t: number, s: number, cov: number, vh: number): Kernel {
     stores += "}\n";
   }
   return {
-    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}`,
+    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}` + (split ? `_split${wx}x${wy}x${kz}` : ""),
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read> Wt: array<f32>;
@@ -186,40 +207,45 @@ struct U {
   ciBase: u32, coBase: u32, yShift: u32, k: i32,
   wOC: u32, wIC: u32, tapStep: i32, flags: u32, // flags: 1 = add bias, 2 = accumulate into Y
   tapD: i32, tapH: i32, tapW: i32, cit: u32,
+  kper: u32, blocks: u32, partStride: u32, pad0: u32, // split-K: channels per chunk, channel blocks, part size
 }
 @group(0) @binding(4) var<uniform> u: U;
 var<workgroup> ws: array<vec4f, ${stage / 4}>; // [CIT][tap][COV] x 4 output channels
 
-fn store(yi: u32, oc: u32, v: f32) {
+fn store(yi: u32, part: u32, oc: u32, v: f32) {
   if (oc >= u.nco) { return; }
   var r = v;
   if ((u.flags & 1u) != 0u) { r += B[u.coBase + oc]; }
-  let i = yi + oc * u.outPlane;
+  let i = yi + oc * u.outPlane + part * u.partStride;
   if ((u.flags & 2u) != 0u) { r += Y[i]; }
   Y[i] = r;
 }
 
-@compute @workgroup_size(${WX}, ${WY}, 1)
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let cb = wg.z / u.outD;
-  let od = wg.z - cb * u.outD;
-  let oh0 = gid.y * ${vh}u;
-  let ow0 = gid.x * ${VW}u;
+@compute @workgroup_size(${size})
+fn main(@builtin(workgroup_id) wg: vec3u,
+        @builtin(local_invocation_index) lid: u32, @builtin(local_invocation_id) lv: vec3u) {
+  let zc = wg.z / u.outD; // chunk * blocks + channel block
+  let od = wg.z - zc * u.outD;
+  let chunk = zc / u.blocks;
+  let cb = zc - chunk * u.blocks;
+  let part = chunk * ${kz}u + ${lane};
+  let ciEnd = min(chunk * u.kper + u.kper, u.nci);
+  let oh0 = (wg.y * ${wy}u + ${ly}) * ${vh}u;
+  let ow0 = (wg.x * ${wx}u + ${lx}) * ${VW}u;
   let id0 = i32(od) * ${s} - u.padD;
   let ih0 = i32(oh0) * ${s} - u.padH;
   let iw0 = i32(ow0) * ${s} - u.padW;
   ${setup}
   ${accs.map((a) => `var ${a} = vec4f(0.0);`).join(" ")}
-  for (var ci0 = 0u; ci0 < u.nci; ci0 += u.cit) {
-    for (var e = lid; e < u.cit * ${t3 * cov * 4}u; e += ${WX * WY}u) {
+  for (var ci0 = chunk * u.kper; ci0 < ciEnd; ci0 += u.cit) {
+    for (var e = lid; e < u.cit * ${t3 * cov * 4}u; e += ${wx * wy * kz}u) {
       let q = e % 4u;
       let cv = (e / 4u) % ${cov}u;
       let tap = (e / ${4 * cov}u) % ${t3}u;
       let ic = ci0 + e / ${4 * cov * t3}u;
       let oc = cb * ${4 * cov}u + cv * 4u + q;
       var v = 0.0;
-      if (oc < u.nco && ic < u.nci) {
+      if (oc < u.nco && ic < ciEnd) {
         let kd = u.tapD + u.tapStep * i32(tap / ${t2}u);
         let kh = u.tapH + u.tapStep * i32((tap / ${t}u) % ${t}u);
         let kw = u.tapW + u.tapStep * i32(tap % ${t}u);
@@ -228,8 +254,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wg: ve
       ws[e / 4u][q] = v;
     }
     workgroupBarrier();
-    let nc = min(u.cit, u.nci - ci0);
-    for (var cil = 0u; cil < nc; cil++) {
+    let nc = min(u.cit, ciEnd - ci0);
+    for (var cil = ${lane}; cil < nc; cil += ${kz}u) {
       let xb = i32(u.xShift + (ci0 + cil) * u.inPlane);
       let wb = cil * ${t3 * cov}u;
       ${inner}
@@ -273,40 +299,111 @@ interface Gather {
   tapStep: number;
 }
 
+const SPLIT_POSITIONS = 32; // split when an output slice has at most this many thread positions (of WX*WY = 64)
+const SPLIT_MIN_CHANNELS = 16; // ... and at least this many source channels to split
+const SPLIT_WORKGROUPS = 64;
+const SIMD = 8; // f32 lanes of a 256-bit CPU vector: llvmpipe runs 8 invocations along x at once // chunks across workgroups until the dispatch has about this many
+
+/** Split-K plan for one destination window, or null when the slice fills the 8x8 tile or the channels are few. */
+function splitPlan(g: Gpu, p: Gather, size: number[], cov: number, dstCount: number, srcCount: number) {
+  const [od, oh, owd] = size;
+  const cols = Math.ceil(owd / VW);
+  if (cols * oh > SPLIT_POSITIONS || p.srcC < SPLIT_MIN_CHANNELS) return null;
+  const m = dstCount * p.dstDims.reduce((a, b) => a * b);
+  const maxParts = Math.floor(g.maxBinding / (m * 4));
+  if (maxParts < 1) return null;
+  const cit = stagedChannels(p.taps, cov, p.srcC);
+  const wx = cols, wy = oh;
+  let kz = 1; // lanes over the staged channels, a power of two
+  while (kz * 2 <= Math.min(cit, maxParts) && wx * wy * kz * 2 <= WX * WY) kz *= 2;
+  const want = Math.ceil(SPLIT_WORKGROUPS / (od * Math.ceil(dstCount / (4 * cov))));
+  const chunks = Math.max(1, Math.min(want, Math.floor(srcCount / cit), Math.floor(maxParts / kz)));
+  const kper = Math.ceil(srcCount / chunks / cit) * cit;
+  return { split: { wx, wy, kz }, chunks: Math.ceil(srcCount / kper), kper, m };
+}
+
+const SUM_OUT: Kernel = {
+  name: "conv3d_sum_parts_out",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+struct U { plane: u32, parts: u32, partStride: u32, shift: u32, coBase: u32, flags: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3u) { // x: voxel of the plane, y: channel of the window
+  if (id.x >= u.plane) { return; }
+  let i = id.y * u.plane + id.x;
+  var s = 0.0;
+  for (var p = 0u; p < u.parts; p++) { s += P[p * u.partStride + i]; }
+  if ((u.flags & 1u) != 0u) { s += B[u.coBase + id.y]; }
+  let o = u.shift + i;
+  if ((u.flags & 2u) != 0u) { s += O[o]; }
+  O[o] = s;
+}`,
+};
+
 function gather(g: Gpu, p: Gather) {
   const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
   const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
-  const u = new Int32Array(32);
+  const u = new Int32Array(36);
   for (let n = 0; n < p.n; n++) {
     for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane)) {
-      const ins = windows(g, n * p.srcC, p.srcC, srcPlane);
-      for (const c of p.classes) {
-        const [od, oh, owd] = c.size;
-        if (od * oh * owd === 0) continue;
-        const { cov, vh } = threadBlock(p.taps, p.dstC, oh);
-        const kernel = gatherKernel(p.taps, p.stride, cov, vh);
-        const blocks = Math.ceil(ow.count / (4 * cov));
-        if (od * blocks > g.maxWorkgroupsPerDim) {
-          throw new Error(`conv3d: ${od} output slices x ${blocks} channel blocks exceed one dispatch dimension`);
-        }
-        ins.forEach((iw, i) => {
+      windows(g, n * p.srcC, p.srcC, srcPlane).forEach((iw, i) => {
+        const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
+        // The first class is the largest; every class of a window takes the same path (they share the partials).
+        // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
+        let cov = threadBlock(p.taps, p.dstC, 1).cov;
+        let plan = splitPlan(g, p, p.classes[0].size, cov, ow.count, iw.count);
+        const narrow = plan && cov > 1 && plan.split.kz < SIMD
+          ? splitPlan(g, p, p.classes[0].size, 1, ow.count, iw.count)
+          : null;
+        if (plan && narrow && narrow.split.kz > plan.split.kz) [cov, plan] = [1, narrow];
+        const partBytes = plan ? plan.m * plan.chunks * plan.split.kz * 4 : 0;
+        const parts = plan ? g.alloc(partBytes) : null;
+        for (const c of p.classes) {
+          const [od, oh, owd] = c.size;
+          if (od * oh * owd === 0) continue;
+          const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
+          const kernel = gatherKernel(p.taps, p.stride, cov, vh, plan ? plan.split : null);
+          const blocks = Math.ceil(ow.count / (4 * cov));
+          const chunks = plan ? plan.chunks : 1;
+          if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
+            throw new Error(
+              `conv3d: ${od} output slices x ${blocks} channel blocks x ${chunks} chunks exceed one dispatch dimension`,
+            );
+          }
+          const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
           u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
-          u.set([...c.r, ow.count, ...c.pad, iw.shift, iw.first, ow.first, ow.shift, p.k], 12);
-          const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
-          u.set([p.wOC, p.wIC, p.tapStep, flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
+          u.set([...c.r, ow.count, ...c.pad, iw.shift, iw.first, ow.first, plan ? 0 : ow.shift, p.k], 12);
+          u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
+          u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0], 32);
           g.dispatch(
             kernel,
             [
               { buffer: p.src, offset: iw.offset, size: iw.size },
               { buffer: p.w },
               { buffer: p.b ?? p.w },
-              { buffer: p.dst, offset: ow.offset, size: ow.size },
+              parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
             ],
             u,
-            [Math.ceil(owd / (VW * WX)), Math.ceil(oh / (WY * vh)), od * blocks],
+            [Math.ceil(owd / (VW * wx)), Math.ceil(oh / (wy * vh)), od * blocks * chunks],
           );
-        });
-      }
+        }
+        if (plan && parts) {
+          g.dispatch(
+            SUM_OUT,
+            [{ buffer: parts, size: partBytes }, { buffer: p.b ?? p.w }, {
+              buffer: p.dst,
+              offset: ow.offset,
+              size: ow.size,
+            }],
+            new Uint32Array([dstPlane, plan.chunks * plan.split.kz, plan.m, ow.shift, ow.first, flags, 0, 0]),
+            [Math.ceil(dstPlane / 64), ow.count, 1],
+          );
+          g.free(parts);
+        }
+      });
     }
   }
 }

@@ -91,6 +91,33 @@ Deno.test("conv3d splits channel planes over binding windows when the binding li
   }
 });
 
+// Split-K path: output slices of at most 32 thread positions with at least 16 source channels.
+Deno.test("conv3d GPU split-K on small planes: odd planes, Cin not a multiple of 4, stride 2, N=2", async () => {
+  await checkGpu([2, 18, 5, 3, 7], 17, VARIANTS[0]); // forward and dx split, 3x3x3, lanes over staged channels
+  await checkGpu([2, 18, 5, 3, 7], 17, VARIANTS[3]); // stride 2: dx parity classes of unequal sizes share partials
+  await checkGpu([1, 21, 3, 3, 3], 19, VARIANTS[2]); // 1x1x1
+});
+
+Deno.test("conv3d GPU split-K: several channel chunks across workgroups (one output channel, 40 inputs)", async () => {
+  await checkGpu([1, 40, 3, 3, 3], 1, VARIANTS[4]); // disc_5-like: 4x4x4 stride 1, 2x2x2 output, 5 chunks
+  await checkGpu([2, 37, 4, 4, 4], 1, VARIANTS[3]); // disc_4-like with an odd channel count
+});
+
+Deno.test("conv3d GPU split-K with the binding limit lowered: windowed channels accumulate, partials limit lanes", async () => {
+  const g = await testGpu();
+  try {
+    // Weights and the N=2 weight-gradient partials are bound whole, so they stay under the limit. 16 x planes of
+    // 2880 bytes span windows of two planes; each window's reduce pass accumulates into y.
+    g.setMaxBindingForTests(8192);
+    await checkGpu([2, 16, 8, 9, 10], 1, VARIANTS[3]);
+    // 1x1x1, 16 -> 17: x, y and dx planes of 240 bytes in windows of at most 9; the dx partials fit one part.
+    g.setMaxBindingForTests(2304);
+    await checkGpu([2, 16, 5, 4, 3], 17, VARIANTS[2]);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+});
+
 Deno.test("conv3d backward computes only the gradients that are needed", async () => {
   const g = await testGpu();
   await scope(async () => {
