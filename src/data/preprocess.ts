@@ -189,25 +189,46 @@ export function preprocessImages(
     }
   }
   const classLabels = has4 ? [0, 1, 2, 4] : has3 || brats2023 ? [0, 1, 2, 3] : [0, 1, 2, 4];
-  const meta: PreprocessMeta = {
+  const meta = metaFor(
+    id,
+    grade,
+    sources,
+    images.flr,
+    shape,
+    { cropStart, cropStop, croppedShape },
+    classLabels,
+    warnings,
+  );
+  return { volumes, mask, seg: segOut, meta };
+}
+
+/** The record that undoes preprocessing: the source's shape and geometry (flair's), the transpose, flip and crop. */
+function metaFor(
+  id: string,
+  grade: Grade,
+  sources: PreprocessMeta["sources"],
+  flair: NiftiImage,
+  originalShape: PreprocessMeta["originalShape"],
+  crop: Pick<PreprocessMeta, "cropStart" | "cropStop" | "croppedShape">,
+  classLabels: PreprocessMeta["classLabels"],
+  warnings: string[],
+): PreprocessMeta {
+  return {
     format: "hadnet-preprocess",
     version: 1,
     id,
     grade,
     sources,
-    originalShape: shape,
+    originalShape,
     transpose: [2, 1, 0],
     flipAxes: [1],
-    cropStart,
-    cropStop,
-    croppedShape,
+    ...crop,
     classLabels,
-    geometry: geometryOf(images.flr.header),
-    affine: images.flr.header.affine,
-    rawHeader: base64(images.flr.rawHeader),
+    geometry: geometryOf(flair.header),
+    affine: flair.header.affine,
+    rawHeader: base64(flair.rawHeader),
     warnings,
   };
-  return { volumes, mask, seg: segOut, meta };
 }
 
 /**
@@ -288,24 +309,8 @@ export function marginMeta(
         `[${croppedShape}] ([z, y, x]); are they preprocessed from these raw images (${sources.flr})?`,
     );
   }
-  return {
-    format: "hadnet-preprocess",
-    version: 1,
-    id,
-    grade,
-    sources,
-    originalShape: shape,
-    transpose: [2, 1, 0],
-    flipAxes: [1],
-    cropStart,
-    cropStop,
-    croppedShape: [...croppedShape],
-    classLabels: brats2023 ? [0, 1, 2, 3] : [0, 1, 2, 4],
-    geometry: geometryOf(images.flr.header),
-    affine: images.flr.header.affine,
-    rawHeader: base64(images.flr.rawHeader),
-    warnings: [],
-  };
+  const crop = { cropStart, cropStop, croppedShape: [...croppedShape] };
+  return metaFor(id, grade, sources, images.flr, shape, crop, brats2023 ? [0, 1, 2, 3] : [0, 1, 2, 4], []);
 }
 
 /** Where a subject's files go. LGG keeps its folder; HGG and ungraded subjects use HGG, as the original expects. */
