@@ -2,8 +2,8 @@
 //
 // A kernel is data (`Kernel`: a name, WGSL source, an optional cache key); `gpu.dispatch` binds buffer windows and a
 // uniform block and records the dispatch into the step's single command encoder. Nothing is submitted until
-// `flush()` (or a readback) so one training step is one submit. Buffers come from a size-bucketed pool and are
-// destroyed, not left to GC. Readbacks are batched into one staging buffer and one mapAsync (each costs >= 10 ms).
+// `flush()` (or a readback) so one training step is one submit. Storage buffers come from a size-bucketed pool: a
+// disposed tensor's buffer is reused at once, never left to GC. Readbacks are batched into one staging buffer and one mapAsync (each costs >= 10 ms).
 //
 // Tensors larger than the adapter's max storage binding: kernels bind windows of a buffer (`Binding.offset/size`)
 // and split their dispatches over channel planes (`planeChunks`). `setMaxBindingForTests` lowers the limit so the
@@ -124,12 +124,6 @@ export class Gpu {
     const list = this.#pool.get(buf.size) ?? [];
     list.push(buf);
     this.#pool.set(buf.size, list);
-  }
-
-  /** Destroys every pooled (unused) buffer at once. */
-  trim() {
-    for (const list of this.#pool.values()) for (const b of list) b.destroy();
-    this.#pool.clear();
   }
 
   /** Uploads data into a buffer. Flushes pending work first: queue writes run before the encoder's commands. */

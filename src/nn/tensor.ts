@@ -105,18 +105,6 @@ export class Tensor {
     return t;
   }
 
-  /** Same buffer viewed with another shape of equal size; the view is a graph node so gradients flow. */
-  reshape(shape: readonly number[]): Tensor {
-    const out = Tensor.empty(this.gpu, shape, this.dtype);
-    if (out.size !== this.size) {
-      out.dispose();
-      throw new Error(`reshape: [${this.shape}] (${this.size}) cannot become [${shape}]`);
-    }
-    if (this.size) this.gpu.copy(this.buffer, 0, out.buffer, 0, this.bytes);
-    record(out, [this], (g) => [g.reshape(this.shape)]);
-    return out;
-  }
-
   async toArray(): Promise<Float32Array> {
     return (await readAll([this]))[0] as Float32Array;
   }
@@ -153,10 +141,6 @@ export function noGrad<T>(fn: () => T): T {
   } finally {
     gradEnabled = prev;
   }
-}
-
-export function isGradEnabled(): boolean {
-  return gradEnabled;
 }
 
 /** Registers out as produced from inputs; backward maps out's gradient to one gradient (or null) per input. */
