@@ -5,11 +5,14 @@
 // HadnetTrainer step). One JSON line per result with the reference's fields (impl, device, mode, size, k, ms_median,
 // ms_all, peak_gib) plus the adapter and dispatches per iteration. Each iteration is bracketed by `gpu.sync()` so
 // the time covers the GPU work; peak_gib is the device pool's peak (live storage buffers, parameters included).
-// --profile adds GPU time per kernel from timestamp queries (src/kernels/profile.ts).
+// --profile adds GPU time per kernel from timestamp queries (src/kernels/profile.ts). --plan runs the mode on the null
+// device (src/kernels/null_device.ts): no kernel runs, so it reports only the memory plan's peak and the dispatch
+// count, at any size, without a GPU.
 
 import { type Command, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
+import { planGpu } from "../kernels/null_device.ts";
 import { Profiler } from "../kernels/profile.ts";
 import { argmax, crossEntropy } from "../nn/ops/loss.ts";
 import { AdamW } from "../nn/optim.ts";
@@ -29,6 +32,8 @@ export interface BenchOptions {
   iters: number;
   warmup: number;
   profile: boolean;
+  /** Run on the null device: peak memory and dispatches only, no timings. */
+  plan: boolean;
 }
 
 /** One convolution of the networks: name, channels, kernel, stride, pad and input size. */
@@ -126,7 +131,8 @@ function baseFields(g: Gpu, o: BenchOptions) {
 
 /** Runs one benchmark mode and returns its result records (one per line of output). */
 export async function runBench(o: BenchOptions): Promise<Record<string, unknown>[]> {
-  const g = await gpu();
+  if (o.plan && o.profile) throw new UsageError("--plan runs no kernel, so it cannot --profile");
+  const g = o.plan ? planGpu() : await gpu();
   let profiler: Profiler | null = null;
   if (o.profile) {
     profiler = Profiler.create(g);
@@ -147,9 +153,9 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
     out.push({
       ...baseFields(g, o),
       ...extra,
-      ms_median: med,
-      ms_all: r.ms,
-      ...(flop ? { tflops: flop / (med * 1e-3) / 1e12 } : {}),
+      ms_median: o.plan ? null : med,
+      ms_all: o.plan ? null : r.ms,
+      ...(flop && !o.plan ? { tflops: flop / (med * 1e-3) / 1e12 } : {}),
       peak_gib: g.memory().peak / GIB,
       dispatches: r.dispatches,
     });
@@ -295,7 +301,9 @@ export const benchCommand: Command = {
     "  --k        filters of the first U-Net level (default 32)\n" +
     "  --iters    timed iterations (default 5)\n" +
     "  --warmup   untimed iterations first (default 2)\n" +
-    "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)",
+    "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)\n" +
+    "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
+    "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)",
   options: {
     mode: { type: "string" },
     size: { type: "string" },
@@ -303,6 +311,7 @@ export const benchCommand: Command = {
     iters: { type: "string" },
     warmup: { type: "string" },
     profile: { type: "boolean" },
+    plan: { type: "boolean" },
   },
   run: async (v, pos) => {
     if (pos.length) throw new UsageError(`bench takes no positional arguments, got "${pos.join(" ")}"`);
@@ -317,6 +326,7 @@ export const benchCommand: Command = {
       iters: intOpt(v.iters, "--iters") ?? 5,
       warmup: intOpt(v.warmup, "--warmup", 0) ?? 2,
       profile: v.profile === true,
+      plan: v.plan === true,
     });
     for (const r of results) console.log(JSON.stringify(r));
     return 0;
