@@ -1,7 +1,9 @@
 // The autodiff engine's contract: no-grad mode, detach, accumulation and zeroing of leaf gradients, gradients only
-// where needed, shape checks, and scopes that free what they do not return.
+// where needed, shape checks, scopes that free what they do not return, and the activation plan (release, saved
+// tensors held until their backward ran, spent graphs).
 import assert from "node:assert/strict";
 import { add, affine, leakyRelu } from "../src/nn/ops/elementwise.ts";
+import { sumAll } from "../src/nn/ops/loss.ts";
 import { backward, noGrad, record, scope, Tensor } from "../src/nn/tensor.ts";
 import { testGpu } from "./util.ts";
 
@@ -46,7 +48,7 @@ Deno.test("a backward closure returning a gradient of the wrong shape is an erro
     x.requiresGrad = true;
     x.name = "x";
     const y = Tensor.from(g, [2, 3], [0, 0, 0, 0, 0, 0]);
-    record(y, [x], () => [Tensor.zeros(g, [3, 2])]);
+    record(y, [x], () => [Tensor.zeros(g, [3, 2])], []);
     assert.throws(() => backward(y, Tensor.from(g, [2, 3], [1, 1, 1, 1, 1, 1])), /\[3,2\].*\[2,3\] x/);
   });
 });
@@ -68,4 +70,68 @@ Deno.test("a scope frees the tensors it does not return, and a non-scalar root n
   assert.deepEqual((await kept.c.toArray()).slice(0, 2), new Float32Array([6, 6]));
   kept.c.dispose();
   assert.equal(g.memory().live, before);
+});
+
+Deno.test("backward frees every intermediate gradient, also where a tensor fans out to several consumers", async () => {
+  const g = await testGpu();
+  await scope(async () => {
+    const w = Tensor.from(g, [1000], new Float32Array(1000).fill(1)).asParameter("w");
+    const h = affine(w, 2);
+    const loss = sumAll(add(leakyRelu(h, 0.1), affine(h, 3))); // h's gradient arrives twice
+    const live = g.memory().live;
+    backward(loss);
+    // Only w.grad is left (4000 bytes in a 4096-byte pool bucket).
+    assert.equal(g.memory().live - live, 4096);
+    assert.deepEqual((await w.grad!.toArray()).slice(0, 2), new Float32Array([8, 8]));
+    w.zeroGrad();
+    w.dispose();
+  });
+});
+
+Deno.test("release frees at once without a graph, and after the last backward that reads it with one", async () => {
+  const g = await testGpu();
+  await scope(async () => {
+    const x = Tensor.from(g, [1000], new Float32Array(1000).fill(-1));
+    const t = noGrad(() => affine(x, 2));
+    t.release();
+    assert.equal(t.disposed, true);
+
+    const w = Tensor.from(g, [1000], new Float32Array(1000).fill(-1)).asParameter("w");
+    const a = affine(w, 2); // saved by leakyRelu: held until its backward ran
+    const y = leakyRelu(a, 0.1);
+    a.release();
+    assert.equal(a.disposed, false);
+    const s = add(y, y); // add saves nothing: y may go now, and its node still carries the gradient through
+    y.release();
+    assert.equal(y.disposed, true);
+    backward(sumAll(s));
+    assert.equal(a.disposed, true);
+    assert.deepEqual((await w.grad!.toArray()).slice(0, 2), new Float32Array([0.4, 0.4].map(Math.fround)));
+    w.zeroGrad();
+    w.dispose();
+  });
+});
+
+Deno.test("a graph is backpropagated once; detach_ cuts a spent tensor loose for reuse", async () => {
+  const g = await testGpu();
+  await scope(async () => {
+    const w = Tensor.from(g, [3], [1, -2, 3]).asParameter("w");
+    w.name = "w";
+    const h = leakyRelu(w, 0.1);
+    h.name = "h";
+    backward(sumAll(h));
+    assert.throws(() => backward(sumAll(affine(h, 2))), /h belongs to a graph that was already backpropagated/);
+    w.zeroGrad();
+    h.detach_();
+    assert.equal(h.requiresGrad, false);
+    assert.throws(() => backward(sumAll(affine(h, 2))), /does not depend on anything that requires grad/);
+    const v = Tensor.from(g, [3], [1, 1, 1]).asParameter("v");
+    backward(sumAll(add(h, v)));
+    assert.deepEqual([...await v.grad!.toArray()], [1, 1, 1]);
+    assert.equal(w.grad, null);
+    for (const p of [w, v]) {
+      p.zeroGrad();
+      p.dispose();
+    }
+  });
 });

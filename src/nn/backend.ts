@@ -28,6 +28,11 @@ export interface Backend<T> {
   concat(xs: T[]): T;
   /** Dropout3d with probability p in training mode; identity otherwise (and for p = 0). */
   dropout(x: T, p: number): T;
+  /**
+   * The network reads these values no more (the activation plan). A backend may free what it created in this
+   * forward once no backward reads it; the caller's inputs and traced outputs are never freed.
+   */
+  release(...xs: T[]): void;
 }
 
 export interface ForwardMode {
@@ -38,26 +43,38 @@ export interface ForwardMode {
   trace?: Tensor[];
 }
 
-/** The GPU backend over a network's parameters. */
+/**
+ * The GPU backend over a network's parameters. `release` frees (via Tensor.release) only tensors this backend made
+ * in this forward and did not trace, so the caller's inputs and the parity check's traces stay.
+ */
 export function gpuBackend(params: Params, mode: ForwardMode): Backend<Tensor> {
   const p = (n: string) => params.get(n);
-  const traced = (y: Tensor) => {
-    mode.trace?.push(y);
+  const made = new Set<Tensor>();
+  const own = (y: Tensor) => {
+    made.add(y);
+    return y;
+  };
+  const act = (y: Tensor) => {
+    if (!mode.trace) return own(y);
+    mode.trace.push(y);
     return y;
   };
   return {
     shape: (x) => x.shape,
-    conv: (x, w, b, stride, pad) => conv3d(x, p(w), b ? p(b) : null, stride, pad),
-    normAct: (x, w, b, slope) => traced(instanceNormLeakyRelu(x, w ? p(w) : null, b ? p(b) : null, slope)),
-    leakyRelu: (x, slope) => traced(leakyRelu(x, slope)),
-    maxPool2,
-    resize: resizeNearest,
-    add,
-    concat,
+    conv: (x, w, b, stride, pad) => own(conv3d(x, p(w), b ? p(b) : null, stride, pad)),
+    normAct: (x, w, b, slope) => act(instanceNormLeakyRelu(x, w ? p(w) : null, b ? p(b) : null, slope)),
+    leakyRelu: (x, slope) => act(leakyRelu(x, slope)),
+    maxPool2: (x) => own(maxPool2(x)),
+    resize: (x, size) => own(resizeNearest(x, size)),
+    add: (a, b) => own(add(a, b)),
+    concat: (xs) => own(concat(xs)),
     dropout: (x, prob) => {
       if (!mode.training || prob === 0) return x;
       if (!mode.rng) throw new Error("training mode with dropout needs a random stream");
-      return dropout3d(x, prob, mode.rng);
+      return own(dropout3d(x, prob, mode.rng));
+    },
+    release: (...xs) => {
+      for (const x of xs) if (made.delete(x)) x.release();
     },
   };
 }

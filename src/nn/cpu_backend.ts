@@ -124,6 +124,9 @@ export class CpuBackend implements Backend<CpuTensor> {
     return y;
   }
 
+  /** The float64 twin keeps every value: its tape reads them, and its arrays are garbage-collected. */
+  release() {}
+
   /** The twin evaluates networks in eval mode, where Dropout3d is the identity. */
   dropout(x: CpuTensor): CpuTensor {
     return x;

@@ -71,14 +71,27 @@ export function discForward<T>(
   if (ss[1] + qs[1] !== inChannels) {
     throw new Error(`Discriminator: segmentation [${ss}] + sequences [${qs}] must have ${inChannels} channels`);
   }
-  let x = b.leakyRelu(b.conv(b.concat([seg, sequences]), "disc_1.0.weight", "disc_1.0.bias", 2, 1), SLOPE);
+  // Each value is released after its last use (Backend.release); the inputs and features are the caller's.
+  const input = b.concat([seg, sequences]);
+  const c1 = b.conv(input, "disc_1.0.weight", "disc_1.0.bias", 2, 1);
+  b.release(input);
+  let x = b.leakyRelu(c1, SLOPE);
+  b.release(c1);
   ["disc_2.0", "disc_3.0", "disc_4.0"].forEach((name, i) => {
     if (features) {
       const [fine, coarse] = features[i];
       const fs = b.shape(fine);
-      x = b.concat([x, fine, b.resize(coarse, [fs[2], fs[3], fs[4]])]);
+      const resized = b.resize(coarse, [fs[2], fs[3], fs[4]]);
+      const joined = b.concat([x, fine, resized]);
+      b.release(x, resized);
+      x = joined;
     }
-    x = b.normAct(b.conv(x, `${name}.weight`, `${name}.bias`, 2, 1), null, null, SLOPE);
+    const c = b.conv(x, `${name}.weight`, `${name}.bias`, 2, 1);
+    b.release(x);
+    x = b.normAct(c, null, null, SLOPE);
+    b.release(c);
   });
-  return b.conv(x, "disc_5.weight", null, 1, 1);
+  const out = b.conv(x, "disc_5.weight", null, 1, 1);
+  b.release(x);
+  return out;
 }

@@ -1,13 +1,16 @@
 // GPU tensors and reverse-mode autodiff (micrograd-sized).
 //
 // A Tensor is a dense row-major array (NCDHW for volumes) in one pooled GPU buffer. An op that needs gradients
-// calls `record(out, inputs, backward)`: the node keeps its inputs and a closure that maps the output's gradient to
-// one gradient per input (null where an input needs none). `backward(loss)` sorts the graph iteratively, runs the
-// closures in reverse, checks each gradient's shape against its tensor, sums gradients that meet, and accumulates
-// into `.grad` of leaves that require grad (parameters).
+// calls `record(out, inputs, backward, saved)`: the node keeps its inputs, a closure that maps the output's gradient
+// to one gradient per input (null where an input needs none), and the tensors that closure reads. `backward(loss)`
+// sorts the graph iteratively, runs the closures in reverse, checks each gradient's shape against its tensor, sums
+// gradients that meet, and accumulates into `.grad` of leaves that require grad (parameters). Like PyTorch without
+// retain_graph, a graph is backpropagated once: its nodes are then spent and their saved tensors let go.
 //
-// GPU memory is freed explicitly: every tensor is registered with the innermost `scope`, which disposes, when it
+// GPU memory is freed explicitly. Every tensor is registered with the innermost `scope`, which disposes, when it
 // ends, everything created inside it except what it returns and what was `keep()`-ed (parameters, their grads).
+// Within a scope, `release()` frees a tensor its creator is done with as soon as no pending backward reads it (the
+// activation plan: an op's temporaries, and every intermediate of a forward without gradients, go at once).
 
 import { Gpu } from "../kernels/device.ts";
 import { addInto } from "../kernels/elementwise.ts";
@@ -17,10 +20,26 @@ export type DType = "f32" | "u32";
 interface Node {
   inputs: Tensor[];
   backward: (grad: Tensor) => (Tensor | null)[];
+  /** What backward reads besides its gradient: held (not freed by release) until it has run. */
+  saved: Tensor[];
 }
+
+/** The node of a tensor whose graph was already backpropagated (its saved tensors may be gone). */
+const SPENT: Node = { inputs: [], backward: () => [], saved: [] };
 
 const scopes: Set<Tensor>[] = [];
 let gradEnabled = true;
+/** Per tensor, how many recorded nodes that have not run their backward yet save it. */
+const holds = new WeakMap<Tensor, number>();
+/** Tensors whose creator called release(): disposed when their hold count reaches zero. */
+const released = new WeakSet<Tensor>();
+
+function unhold(t: Tensor) {
+  const n = (holds.get(t) ?? 0) - 1;
+  if (n > 0) return void holds.set(t, n);
+  holds.delete(t);
+  if (released.has(t)) t.dispose();
+}
 
 export class Tensor {
   readonly gpu: Gpu;
@@ -90,11 +109,25 @@ export class Tensor {
     return this.keep();
   }
 
+  /** The creator is done with this tensor: it is disposed now, or once the last backward that reads it has run. */
+  release() {
+    released.add(this);
+    if (!holds.has(this)) this.dispose();
+  }
+
+  /** Cuts this tensor from its graph in place (PyTorch's detach_): no node, no gradient; the node's saves go. */
+  detach_(): this {
+    if (this.node && this.node !== SPENT) { for (const t of this.node.saved) unhold(t); }
+    this.node = null;
+    this.requiresGrad = false;
+    return this;
+  }
+
+  /** Frees the buffer. The node stays: a released intermediate's gradient still flows through it. */
   dispose() {
     if (!this.#buffer) return;
     this.gpu.free(this.#buffer);
     this.#buffer = null;
-    this.node = null;
     for (const s of scopes) s.delete(this);
   }
 
@@ -143,11 +176,20 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** Registers out as produced from inputs; backward maps out's gradient to one gradient (or null) per input. */
-export function record(out: Tensor, inputs: Tensor[], backward: (grad: Tensor) => (Tensor | null)[]) {
+/**
+ * Registers out as produced from inputs; backward maps out's gradient to one gradient (or null) per input and reads
+ * exactly the tensors in `saved` (inputs or the op's own temporaries, which the op then release()s).
+ */
+export function record(
+  out: Tensor,
+  inputs: Tensor[],
+  backward: (grad: Tensor) => (Tensor | null)[],
+  saved: Tensor[],
+) {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return;
   out.requiresGrad = true;
-  out.node = { inputs, backward };
+  out.node = { inputs, backward, saved };
+  for (const t of saved) holds.set(t, (holds.get(t) ?? 0) + 1);
 }
 
 type Kept = Tensor | Tensor[] | Record<string, unknown> | unknown;
@@ -212,6 +254,12 @@ export function backward(root: Tensor, seed?: Tensor) {
         continue;
       }
       seen.add(t);
+      if (t.node === SPENT) {
+        throw new Error(
+          `backward: ${t.name || `[${t.shape}]`} belongs to a graph that was already backpropagated (its saved ` +
+            "tensors are freed); run the forward again, or detach_() what is reused",
+        );
+      }
     }
     const ins = t.node?.inputs ?? [];
     if (i < ins.length) {
@@ -225,11 +273,12 @@ export function backward(root: Tensor, seed?: Tensor) {
   const grads = new Map<Tensor, Tensor>();
   grads.set(root, seed ?? Tensor.from(g, root.shape, [1]));
   const owned = new Set<Tensor>(seed ? [] : [grads.get(root)!]);
+  // gt is always a fresh tensor of this pass (an op's new gradient, or a copy), so it is ours to dispose.
   const accumulate = (t: Tensor, gt: Tensor) => {
     const prev = grads.get(t);
     if (prev) {
       addInto(g, prev.buffer, gt.buffer, t.size);
-      if (owned.has(gt)) gt.dispose();
+      gt.dispose();
     } else {
       grads.set(t, gt);
       owned.add(gt);
@@ -238,10 +287,10 @@ export function backward(root: Tensor, seed?: Tensor) {
   for (let j = order.length - 1; j >= 0; j--) {
     const t = order[j];
     const gt = grads.get(t);
-    if (!gt) continue;
-    if (t.node) {
-      const gins = t.node.backward(gt);
-      t.node.inputs.forEach((inp, k) => {
+    const node = t.node;
+    if (node && gt) {
+      const gins = node.backward(gt);
+      node.inputs.forEach((inp, k) => {
         const gi = gins[k];
         if (!gi || !inp.requiresGrad) {
           if (gi && gi !== gt) gi.dispose();
@@ -256,7 +305,11 @@ export function backward(root: Tensor, seed?: Tensor) {
       });
       if (owned.has(gt)) gt.dispose();
       grads.delete(t);
-    } else {
+    }
+    if (node) {
+      for (const s of node.saved) unhold(s);
+      t.node = SPENT;
+    } else if (gt) {
       // A leaf (parameter or input that requires grad).
       if (t.grad) {
         addInto(g, t.grad.buffer, gt.buffer, t.size);

@@ -5,6 +5,7 @@
 // size, Dropout3d on skip and resized input (independent masks), conv_left(skip, no bias) + conv_up(up, bias), norm,
 // LeakyReLU, one block. 1x1x1 output conv to the classes. Dropout p applies only in blocks whose in_channels >= k.
 // forward returns the logits and the feature pairs the discriminator sees: [[d2, u3], [d3, u4], [d4, c5]].
+// Every other value is released right after its last use (the activation plan; see Backend.release).
 
 import type { Gpu } from "../kernels/device.ts";
 import { type Backend, type ForwardMode, gpuBackend } from "./backend.ts";
@@ -126,22 +127,37 @@ export function unetForward<T>(b: Backend<T>, x: T, config: UNetConfig): Generat
     throw new Error(`UNet: input [${xs}] must be [N, ${inChannels}, D, H, W]`);
   }
   const drop = (t: T, cin: number) => b.dropout(t, cin >= k ? dropout : 0);
-  const block = (name: string, t: T) =>
-    b.normAct(
-      b.conv(t, `${name}.conv.weight`, `${name}.conv.bias`, 1, 1),
-      `${name}.inst.weight`,
-      `${name}.inst.bias`,
-      SLOPE,
-    );
-  const down = (name: string, t: T) => block(`${name}.conv2`, block(`${name}.conv1`, drop(t, b.shape(t)[1])));
+  const block = (name: string, t: T) => {
+    const c = b.conv(t, `${name}.conv.weight`, `${name}.conv.bias`, 1, 1);
+    const y = b.normAct(c, `${name}.inst.weight`, `${name}.inst.bias`, SLOPE);
+    b.release(c);
+    return y;
+  };
+  /** Consumes t (a pooled map, or the caller's input, which the backend never frees). */
+  const down = (name: string, t: T) => {
+    const dropped = drop(t, b.shape(t)[1]);
+    const h = block(`${name}.conv1`, dropped);
+    b.release(dropped, t);
+    const y = block(`${name}.conv2`, h);
+    b.release(h);
+    return y;
+  };
+  /** Keeps skip (a feature, or d1 released by the caller); consumes nothing else of the caller's. */
   const up = (name: string, skip: T, coarse: T) => {
     const cin = b.shape(coarse)[1], ss = b.shape(skip);
     const resized = b.resize(coarse, [ss[2], ss[3], ss[4]]);
-    const sum = b.add(
-      b.conv(drop(skip, cin), `${name}.conv_left.weight`, null, 1, 1),
-      b.conv(drop(resized, cin), `${name}.conv_up.weight`, `${name}.conv_up.bias`, 1, 1),
-    );
-    return block(`${name}.conv_out`, b.normAct(sum, `${name}.inst.weight`, `${name}.inst.bias`, SLOPE));
+    const [left, right] = [drop(skip, cin), drop(resized, cin)];
+    const l = b.conv(left, `${name}.conv_left.weight`, null, 1, 1);
+    const r = b.conv(right, `${name}.conv_up.weight`, `${name}.conv_up.bias`, 1, 1);
+    if (left !== skip) b.release(left);
+    b.release(right, resized);
+    const sum = b.add(l, r);
+    b.release(l, r);
+    const n = b.normAct(sum, `${name}.inst.weight`, `${name}.inst.bias`, SLOPE);
+    b.release(sum);
+    const y = block(`${name}.conv_out`, n);
+    b.release(n);
+    return y;
   };
   const d1 = down("conv_d1", x);
   const d2 = down("conv_d2", b.maxPool2(d1));
@@ -152,6 +168,8 @@ export function unetForward<T>(b: Backend<T>, x: T, config: UNetConfig): Generat
   const u3 = up("conv_u3", d3, u4);
   const u2 = up("conv_u2", d2, u3);
   const u1 = up("conv_u1", d1, u2);
+  b.release(d1, u2);
   const logits = b.conv(u1, "conv_out.weight", "conv_out.bias", 1, 0);
+  b.release(u1);
   return { logits, features: [[d2, u3], [d3, u4], [d4, c5]] };
 }

@@ -193,10 +193,11 @@ export class HadnetTrainer {
     }
     this.optG.step();
     this.student.params.zeroGrad();
-    // The discriminator pass on detached inputs: the student's outputs from before its step.
-    const detach = (f: FeaturePairs) => f.map(([a, b]) => [a.detach(), b.detach()]) as FeaturePairs;
+    // The discriminator pass on detached inputs: the student's outputs from before its step, whose graph the
+    // generator's backward has spent, cut loose in place (no copies).
+    for (const t of [fake.logits, ...fake.features.flat()]) t.detach_();
     const dr = this.disc.forward(real.logits, xs, feats(real.features));
-    const df = this.disc.forward(fake.logits.detach(), xs, feats(detach(fake.features)));
+    const df = this.disc.forward(fake.logits, xs, feats(fake.features));
     const discLoss = add(mse(dr, 1), mse(df, 0));
     const [rv, fv] = await readAll([dr, df]);
     const accuracy = (rv.filter((v) => v >= 0.5).length / rv.length + fv.filter((v) => v <= 0.5).length / fv.length) /

@@ -20,7 +20,7 @@ export function concat(xs: Tensor[]): Tensor {
       const dx = Tensor.empty(g, x.shape);
       K.copyChannels(g, dy.buffer, C, starts[i], dx.buffer, x.shape[1], 0, x.shape[1], N, L);
       return dx;
-    }));
+    }), []);
   return y;
 }
 
@@ -38,6 +38,6 @@ export function sliceChannels(x: Tensor, start: number, count: number): Tensor {
     const dx = Tensor.zeros(g, x.shape);
     K.copyChannels(g, dy.buffer, count, 0, dx.buffer, C, start, count, N, L);
     return [dx];
-  });
+  }, []);
   return y;
 }

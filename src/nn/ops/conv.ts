@@ -4,28 +4,30 @@ import { record, Tensor } from "../tensor.ts";
 
 /**
  * y = conv3d(x, w) + b for x [N,Cin,D,H,W], w [Cout,Cin,k,k,k], b [Cout] or null. Backward computes only the
- * gradients whose inputs require grad (new tensors, assigned).
+ * gradients whose inputs require grad (new tensors, assigned), so it saves x only when w takes a gradient and w only
+ * when x does (decided here, at the forward, as PyTorch does).
  */
 export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, stride: 1 | 2, pad: number): Tensor {
   const s = K.conv3dShape(x.shape, w.shape, b?.shape ?? null, stride, pad);
   const g = x.gpu;
   const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
   K.conv3dForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer);
+  const [needDx, needDw, needDb] = [x.requiresGrad, w.requiresGrad, !!b?.requiresGrad];
   record(y, b ? [x, w, b] : [x, w], (dy) => {
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
-    if (x.requiresGrad) {
+    if (needDx) {
       dx = Tensor.empty(g, x.shape);
       K.conv3dBackwardInput(g, s, dy.buffer, w.buffer, dx.buffer);
     }
-    if (w.requiresGrad) {
+    if (needDw) {
       dw = Tensor.empty(g, w.shape);
       K.conv3dBackwardWeight(g, s, x.buffer, dy.buffer, dw.buffer);
     }
-    if (b?.requiresGrad) {
+    if (b && needDb) {
       db = Tensor.empty(g, b.shape);
       K.conv3dBackwardBias(g, s, dy.buffer, db.buffer);
     }
     return [dx, dw, db];
-  });
+  }, [...(needDw ? [x] : []), ...(needDx ? [w] : [])]);
   return y;
 }

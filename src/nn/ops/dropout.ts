@@ -19,7 +19,7 @@ export function dropout3d(x: Tensor, p: number, rng: Rng): Tensor {
     const dx = Tensor.empty(g, x.shape);
     K.scalePlanes(g, dy.buffer, mask.buffer, dx.buffer, N * C, D * H * W);
     return [dx];
-  });
-  if (!y.node) mask.dispose();
+  }, [mask]);
+  mask.release();
   return y;
 }

@@ -12,7 +12,7 @@ export function add(a: Tensor, b: Tensor): Tensor {
   sameShape("add", a, b);
   const y = Tensor.empty(a.gpu, a.shape);
   K.add(a.gpu, a.buffer, b.buffer, y.buffer, a.size);
-  record(y, [a, b], (g) => [g, g]);
+  record(y, [a, b], (g) => [g, g], []);
   return y;
 }
 
@@ -24,7 +24,7 @@ export function affine(x: Tensor, a: number, b = 0): Tensor {
     const dx = Tensor.empty(x.gpu, x.shape);
     K.scale(x.gpu, g.buffer, dx.buffer, x.size, a);
     return [dx];
-  });
+  }, []);
   return y;
 }
 
@@ -35,6 +35,6 @@ export function leakyRelu(x: Tensor, slope: number): Tensor {
     const dx = Tensor.empty(x.gpu, x.shape);
     K.leakyReluBackward(x.gpu, x.buffer, g.buffer, dx.buffer, x.size, slope);
     return [dx];
-  });
+  }, [x]);
   return y;
 }

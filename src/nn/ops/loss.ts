@@ -53,7 +53,8 @@ export function crossEntropy(logits: Tensor, labels: Tensor, weights: number[]):
       weights,
     );
     return [dx];
-  });
+  }, [logits, labels, wsum]);
+  wsum.release();
   return loss;
 }
 
@@ -74,7 +75,7 @@ export function mse(x: Tensor, target: number | Tensor): Tensor {
     const dt = Tensor.empty(g, x.shape);
     E.scale(g, dx.buffer, dt.buffer, x.size, -1);
     return [dx, dt];
-  });
+  }, typeof target === "number" ? [x] : [x, target]);
   return loss;
 }
 
@@ -87,6 +88,6 @@ export function sumAll(x: Tensor): Tensor {
     const dx = Tensor.empty(g, x.shape);
     R.broadcast(g, gy.buffer, dx.buffer, x.size);
     return [dx];
-  });
+  }, []);
   return y;
 }

@@ -21,8 +21,8 @@ export function instanceNormLeakyRelu(x: Tensor, weight: Tensor | null, bias: Te
     const dbufs = dw && db && { weight: dw.buffer, bias: db.buffer };
     K.instanceNormBackward(g, x.buffer, dz.buffer, stats.buffer, bufs, dx.buffer, dbufs, x.shape, slope);
     return [dx, dw, db];
-  });
-  if (!y.node) stats.dispose();
+  }, affine ? [x, stats, affine.weight, affine.bias] : [x, stats]);
+  stats.release();
   return y;
 }
 

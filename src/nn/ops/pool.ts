@@ -12,7 +12,7 @@ export function maxPool2(x: Tensor): Tensor {
     const dx = Tensor.empty(g, x.shape);
     K.maxPool2Backward(g, dy.buffer, idx.buffer, dx.buffer, x.shape);
     return [dx];
-  });
-  if (!y.node) idx.dispose();
+  }, [idx]);
+  idx.release();
   return y;
 }

@@ -12,6 +12,6 @@ export function resizeNearest(x: Tensor, size: [number, number, number]): Tensor
     const dx = Tensor.empty(g, x.shape);
     K.resizeNearestBackward(g, dy.buffer, dx.buffer, x.shape, size);
     return [dx];
-  });
+  }, []);
   return y;
 }
