@@ -1,6 +1,7 @@
 // Shared test helpers: the GPU (a test that needs an adapter fails when none is found), seeded data, comparisons,
 // float64 central finite differences, and a Python runner for numpy/nibabel oracles.
 import { type Gpu, gpu } from "../src/kernels/device.ts";
+import { relErr } from "../src/train/parity.ts";
 
 export function testGpu(): Promise<Gpu> {
   return gpu();
@@ -20,19 +21,10 @@ export function rand(n: number, seed = 1): Float32Array {
   return out;
 }
 
-/** Max |a - b| relative to max |b| (max |b| floored at 1e-12). */
-export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let err = 0, mag = 1e-12;
-  for (let i = 0; i < a.length; i++) {
-    err = Math.max(err, Math.abs(a[i] - b[i]));
-    mag = Math.max(mag, Math.abs(b[i]));
-  }
-  return err / mag;
-}
-
+/** Throws unless got matches want within tol, relative to max |want| (the parity check's measure, relErr). */
 export function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "values") {
-  const e = maxRelErr(got, want);
+  if (got.length !== want.length) throw new Error(`${what}: ${got.length} values, expected ${want.length}`);
+  const e = relErr(got, want);
   if (!(e <= tol)) throw new Error(`${what}: max relative error ${e.toExponential(3)} exceeds ${tol}`);
 }
 

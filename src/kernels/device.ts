@@ -296,6 +296,21 @@ export function planeChunks(
   return out;
 }
 
+/**
+ * Windows of at most one binding over a flat range of n f32 (elementwise kernels, reductions, Adam). Unlike
+ * planeChunks, windows start at multiples of 64 elements (256 bytes, the largest offset alignment WebGPU allows), so
+ * they need no shift.
+ */
+export function flatChunks(g: Gpu, n: number): { first: number; count: number; offset: number; size: number }[] {
+  const per = Math.floor(g.maxBinding / 256) * 64;
+  const out = [];
+  for (let first = 0; first < n; first += per) {
+    const count = Math.min(per, n - first);
+    out.push({ first, count, offset: first * 4, size: Math.ceil(count / 64) * 256 });
+  }
+  return out;
+}
+
 /** A 2D grid covering `n` workgroups (x <= maxWorkgroupsPerDim). Kernels index wg.x + wg.y * gridX. */
 export function grid1d(g: Gpu, n: number): Grid {
   const x = Math.min(Math.max(n, 1), g.maxWorkgroupsPerDim);

@@ -1,11 +1,11 @@
 // Elementwise kernels over flat f32 arrays: add, in-place accumulate, scale, LeakyReLU and its backward.
 //
 // Layout: any; element i of each operand pairs with element i of the others. Dispatches are split into windows of at
-// most one storage binding (`flatChunks`), each starting at a multiple of 64 elements (256 bytes) so that windows stay
+// most one storage binding (`flatChunks` in device.ts), each starting at a multiple of 64 elements (256 bytes) so that windows stay
 // aligned. LeakyReLU's backward needs the forward input x (saved by the caller): dx = dy * (x > 0 ? 1 : slope).
 // Nothing here accumulates unless named *Into (dst += src).
 
-import { type Binding, type Gpu, grid1d, type Kernel } from "./device.ts";
+import { type Binding, flatChunks, type Gpu, grid1d, type Kernel } from "./device.ts";
 
 const WG = 256;
 
@@ -66,17 +66,6 @@ const SCALE = unary("scale", "u.a * v + u.b");
 const LEAKY_RELU = unary("leaky_relu_fwd", "select(u.a * v, v, v > 0.0)");
 const ADD = binary("add", "v + w");
 const LEAKY_RELU_BWD = binary("leaky_relu_bwd", "select(u.a * w, w, v > 0.0)"); // x = saved input, z = dy
-
-/** Windows of at most one binding over a flat range of n f32, each aligned to 64 elements. */
-export function flatChunks(g: Gpu, n: number): { first: number; count: number; offset: number; size: number }[] {
-  const per = Math.floor(g.maxBinding / 256) * 64;
-  const out = [];
-  for (let first = 0; first < n; first += per) {
-    const count = Math.min(per, n - first);
-    out.push({ first, count, offset: first * 4, size: Math.ceil(count / 64) * 256 });
-  }
-  return out;
-}
 
 function run(g: Gpu, k: Kernel, bufs: GPUBuffer[], n: number, a = 0, b = 0) {
   for (const c of flatChunks(g, n)) {

@@ -12,8 +12,7 @@
 // MSE: mean((x - t)^2) over n elements, t a scalar or an f32 array of x's size. Forward: a flat reduction
 // (reduce.ts). Backward: dx = g * (2/n) * (x - t) (assigned); dt = -dx.
 
-import { type Binding, type Gpu, grid1d, type Kernel } from "./device.ts";
-import { flatChunks } from "./elementwise.ts";
+import { type Binding, flatChunks, type Gpu, grid1d, type Kernel } from "./device.ts";
 import { finishRatio, flatSum, flatSumKernel, WG, wgSum } from "./reduce.ts";
 import { channelShape, VOXEL_UNIFORMS, type VoxelChunk, voxelChunks, voxelUniforms } from "./softmax.ts";
 

@@ -2,15 +2,14 @@
 // updates the parameter and both moment buffers in place, reading the gradient.
 //
 // Layout: flat f32 arrays of the parameter's size (param, grad, exp_avg, exp_avg_sq), split into binding windows by
-// flatChunks. Per element, in PyTorch's order:
+// flatChunks (device.ts). Per element, in PyTorch's order:
 //   AdamW: p *= 1 - lr * wd                    Adam: g += wd * p (L2)
 //   m = lerp(m, g, 1 - beta1)                  v = v * beta2 + (1 - beta2) * g * g
 //   p += -step_size * m / (sqrt(v) / sqrt(bc2) + eps),   step_size = lr / bc1, bc_k = 1 - beta_k^step
 // The scalars (bias corrections, step size, decay factor) are computed on the CPU in float64 per step, as PyTorch
 // does in Python, and passed as f32 uniforms. Everything is assigned in place; nothing is accumulated elsewhere.
 
-import { type Gpu, grid1d, type Kernel } from "./device.ts";
-import { flatChunks } from "./elementwise.ts";
+import { flatChunks, type Gpu, grid1d, type Kernel } from "./device.ts";
 
 const WG = 256;
 

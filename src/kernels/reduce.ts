@@ -5,8 +5,7 @@
 // own base, so one partials buffer serves every chunk). Outputs are assigned, never accumulated. sumAll's backward
 // broadcasts the upstream scalar gradient: dx[i] = a * g[0] (assigned).
 
-import { type Binding, type Gpu, grid1d, type Kernel } from "./device.ts";
-import { flatChunks } from "./elementwise.ts";
+import { type Binding, flatChunks, type Gpu, grid1d, type Kernel } from "./device.ts";
 
 export const WG = 256;
 

@@ -60,6 +60,10 @@ interface Golden {
   adam: { lr: number; betas: [number, number]; eps: number };
 }
 
+/**
+ * Max |got - ref| relative to max(|ref|, scale); NaN anywhere and a length mismatch give Infinity. The one relative
+ * error of the parity check and of the tests' assertClose.
+ */
 export function relErr(got: ArrayLike<number>, ref: ArrayLike<number>, scale = 0): number {
   if (got.length !== ref.length) return Infinity;
   let err = 0, mag = Math.max(scale, 1e-30);
