@@ -204,10 +204,11 @@ struct U {
   outRow: u32, outSlice: u32, outPlane: u32, outStep: u32,
   rd: u32, rh: u32, rw: u32, nco: u32,
   padD: i32, padH: i32, padW: i32, xShift: u32,
-  ciBase: u32, coBase: u32, yShift: u32, k: i32,
+  ciW: u32, coBase: u32, yShift: u32, k: i32,
   wOC: u32, wIC: u32, tapStep: i32, flags: u32, // flags: 1 = add bias, 2 = accumulate into Y
   tapD: i32, tapH: i32, tapW: i32, cit: u32,
   kper: u32, blocks: u32, partStride: u32, pad0: u32, // split-K: channels per chunk, channel blocks, part size
+  wShift: u32, coW: u32, pad1: u32, pad2: u32, // the weight window: its shift, and channel bases within it
 }
 @group(0) @binding(4) var<uniform> u: U;
 var<workgroup> ws: array<vec4f, ${stage / 4}>; // [CIT][tap][COV] x 4 output channels
@@ -249,7 +250,7 @@ fn main(@builtin(workgroup_id) wg: vec3u,
         let kd = u.tapD + u.tapStep * i32(tap / ${t2}u);
         let kh = u.tapH + u.tapStep * i32((tap / ${t}u) % ${t}u);
         let kw = u.tapW + u.tapStep * i32(tap % ${t}u);
-        v = Wt[(u.coBase + oc) * u.wOC + (u.ciBase + ic) * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
+        v = Wt[u.wShift + (u.coW + oc) * u.wOC + (u.ciW + ic) * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
       }
       ws[e / 4u][q] = v;
     }
@@ -268,14 +269,24 @@ fn main(@builtin(workgroup_id) wg: vec3u,
   };
 }
 
-/** Windows over `planes` channel planes starting at plane `base` of a buffer (planeChunks, shifted to `base`). */
-function windows(g: Gpu, base: number, planes: number, planeElems: number) {
-  return planeChunks(g, planes, planeElems).map((c) => {
-    const start = (base + c.first) * planeElems * 4;
-    const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
-    const shift = (start - offset) / 4;
-    return { first: c.first, count: c.count, offset, shift, size: (shift + c.count * planeElems) * 4 };
-  });
+/** The aligned binding window over f32 elements [start, start + count) of a buffer; shift = start - window start. */
+function span(g: Gpu, start: number, count: number) {
+  const offset = Math.floor((start * 4) / g.offsetAlign) * g.offsetAlign;
+  const shift = start - offset / 4;
+  return { offset, shift, size: (shift + count) * 4 };
+}
+
+/**
+ * Windows over `planes` channel planes starting at plane `base` of a buffer (planeChunks, shifted to `base`). Each
+ * window's channel count also fits `chunkElems` per channel in one binding: a weight slice of that many elements per
+ * channel (the weight's outer axis) is bound beside it.
+ */
+function windows(g: Gpu, base: number, planes: number, planeElems: number, chunkElems = planeElems) {
+  return planeChunks(g, planes, Math.max(planeElems, chunkElems)).map((c) => ({
+    first: c.first,
+    count: c.count,
+    ...span(g, (base + c.first) * planeElems, c.count * planeElems),
+  }));
 }
 
 interface Gather {
@@ -293,6 +304,8 @@ interface Gather {
   stride: number; // S, input step per output
   wOC: number; // weight strides of a destination and a source channel
   wIC: number;
+  /** The weight's outer (contiguous) axis: destination channels (forward) or source channels (input gradient). */
+  wAxis: "dst" | "src";
   /** Per parity class: sub-grid size, offset in the destination, pads, tap constants (kd = tap + tapStep*u). */
   classes: { size: number[]; r: number[]; pad: number[]; tap: number[] }[];
   outStep: number;
@@ -346,10 +359,16 @@ fn main(@builtin(global_invocation_id) id: vec3u) { // x: voxel of the plane, y:
 function gather(g: Gpu, p: Gather) {
   const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
   const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
-  const u = new Int32Array(36);
+  const u = new Int32Array(40);
+  // Weights are bound in windows of whole channels of their outer axis, so the channel windows of that side also
+  // fit its weight slice.
+  const wPer = p.wAxis === "dst" ? p.wOC : p.wIC;
   for (let n = 0; n < p.n; n++) {
-    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane)) {
-      windows(g, n * p.srcC, p.srcC, srcPlane).forEach((iw, i) => {
+    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, p.wAxis === "dst" ? wPer : 0)) {
+      windows(g, n * p.srcC, p.srcC, srcPlane, p.wAxis === "src" ? wPer : 0).forEach((iw, i) => {
+        const wc = p.wAxis === "dst" ? ow : iw;
+        const ww = span(g, wc.first * wPer, wc.count * wPer);
+        const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
         const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
         // The first class is the largest; every class of a window takes the same path (they share the partials).
         // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
@@ -375,15 +394,15 @@ function gather(g: Gpu, p: Gather) {
           }
           const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
           u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
-          u.set([...c.r, ow.count, ...c.pad, iw.shift, iw.first, ow.first, plan ? 0 : ow.shift, p.k], 12);
+          u.set([...c.r, ow.count, ...c.pad, iw.shift, ciW, ow.first, plan ? 0 : ow.shift, p.k], 12);
           u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
-          u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0], 32);
+          u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0, ww.shift, coW, 0, 0], 32);
           g.dispatch(
             kernel,
             [
               { buffer: p.src, offset: iw.offset, size: iw.size },
-              { buffer: p.w },
-              { buffer: p.b ?? p.w },
+              { buffer: p.w, offset: ww.offset, size: ww.size },
+              p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
               parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
             ],
             u,
@@ -393,7 +412,7 @@ function gather(g: Gpu, p: Gather) {
         if (plan && parts) {
           g.dispatch(
             SUM_OUT,
-            [{ buffer: parts, size: partBytes }, { buffer: p.b ?? p.w }, {
+            [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
               buffer: p.dst,
               offset: ow.offset,
               size: ow.size,
@@ -432,6 +451,7 @@ export function conv3dForward(
     stride: s.stride,
     wOC: s.cin * s.k ** 3,
     wIC: s.k ** 3,
+    wAxis: "dst",
     classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],
     outStep: 1,
     tapStep: 1,
@@ -467,6 +487,7 @@ export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GP
     stride: 1,
     wOC: s.k ** 3,
     wIC: s.cin * s.k ** 3,
+    wAxis: "src",
     classes,
     outStep: st,
     tapStep: -st,
@@ -575,7 +596,7 @@ const SUM_PARTS: Kernel = {
   wgsl: `
 @group(0) @binding(0) var<storage, read> P: array<f32>;
 @group(0) @binding(1) var<storage, read_write> O: array<f32>;
-struct U { m: u32, parts: u32, gridx: u32, pad0: u32 }
+struct U { m: u32, parts: u32, gridx: u32, shift: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3u) {
@@ -583,54 +604,72 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   if (i >= u.m) { return; }
   var s = 0.0;
   for (var p = 0u; p < u.parts; p++) { s += P[p * u.m + i]; }
-  O[i] = s;
+  O[u.shift + i] = s;
 }`,
 };
 
-function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number) {
+/** out[first + i] = sum over `count` parts of parts[part * m + i], for i < m. */
+function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number, first = 0) {
   const grid = grid1d(g, Math.ceil(m / 256));
+  const o = span(g, first, m);
   g.dispatch(
     SUM_PARTS,
-    [{ buffer: parts, size: m * count * 4 }, { buffer: out, size: m * 4 }],
-    new Uint32Array([m, count, grid[0], 0]),
+    [{ buffer: parts, size: m * count * 4 }, { buffer: out, offset: o.offset, size: o.size }],
+    new Uint32Array([m, count, grid[0], o.shift]),
     grid,
   );
 }
 
-/** dw (assigned) = sum over batch and output voxels of dy (x) shifted x: split-K partials, then a sum. */
+const DW_MAX_CHUNKS = 64; // row chunks of the split-K reduction
+
+/**
+ * dw (assigned) = sum over batch and output voxels of dy (x) shifted x: split-K partials, then a sum. The partials
+ * [N * chunks][Cout][Cin][k^3] are one binding; where N parts of the whole weight do not fit one, output channels are
+ * taken in groups (each with its own partials and sum into its slice of dw).
+ */
 export function conv3dBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPUBuffer, dw: GPUBuffer) {
-  const k3 = s.k ** 3, m = s.cout * s.cin * k3;
+  const k3 = s.k ** 3, perCo = s.cin * k3; // weights per output channel
   const rows = s.od * s.oh;
-  const maxParts = Math.floor(g.maxBinding / (m * 4));
-  if (maxParts < s.n) throw new Error(`conv3d: weight gradient partials of ${m * 4} bytes x ${s.n} exceed a binding`);
-  const chunks = Math.max(1, Math.min(rows, 64, Math.floor(maxParts / s.n)));
-  const rowsPer = Math.ceil(rows / chunks);
-  const used = Math.ceil(rows / rowsPer);
-  const parts = g.alloc(m * s.n * used * 4);
+  const fit = Math.floor(g.maxBinding / (perCo * 4 * s.n)); // output channels with one part each
+  // All output channels at once when their partials fit (row chunks then take what room there is), else groups; a
+  // group after the first writes dw from an unaligned offset, so its window needs room for the shift.
+  const group = fit >= s.cout ? s.cout : Math.min(fit, Math.floor((g.maxBinding - g.offsetAlign) / (perCo * 4)));
+  if (fit < 1 || group < 1) {
+    throw new Error(
+      `conv3d: the weight gradient of one output channel (${perCo * 4} bytes) x ${s.n} exceeds a binding`,
+    );
+  }
   const threads = dwThreads(s.cin * s.k * s.k), cov = cheapest(s.cout, COV_COST, (c) => 4 * c);
   const kernel = dwKernel(s.k, s.stride, threads, cov);
   const inPlane = s.d * s.h * s.w, outPlane = s.od * s.oh * s.ow;
   const u = new Int32Array(20);
-  for (let n = 0; n < s.n; n++) {
-    for (const xw of windows(g, n * s.cin, s.cin, inPlane)) {
-      for (const yw of windows(g, n * s.cout, s.cout, outPlane)) {
-        u.set([s.d, s.h, s.w, inPlane, s.oh, s.ow, outPlane, rows, rowsPer, xw.count, yw.count, xw.shift]);
-        u.set([yw.shift, xw.first, yw.first, n * used, s.cin, s.cout, s.pad, 0], 12);
-        g.dispatch(
-          kernel,
-          [
-            { buffer: x, offset: xw.offset, size: xw.size },
-            { buffer: dy, offset: yw.offset, size: yw.size },
-            { buffer: parts, size: m * s.n * used * 4 },
-          ],
-          u,
-          [Math.ceil(xw.count * s.k * s.k / threads), Math.ceil(yw.count / (4 * cov)), used],
-        );
+  for (let c0 = 0; c0 < s.cout; c0 += group) {
+    const cc = Math.min(group, s.cout - c0), m = cc * perCo;
+    const chunks = Math.max(1, Math.min(rows, DW_MAX_CHUNKS, Math.floor(fit / cc)));
+    const rowsPer = Math.ceil(rows / chunks);
+    const used = Math.ceil(rows / rowsPer);
+    const parts = g.alloc(m * s.n * used * 4);
+    for (let n = 0; n < s.n; n++) {
+      for (const xw of windows(g, n * s.cin, s.cin, inPlane)) {
+        for (const yw of windows(g, n * s.cout + c0, cc, outPlane)) {
+          u.set([s.d, s.h, s.w, inPlane, s.oh, s.ow, outPlane, rows, rowsPer, xw.count, yw.count, xw.shift]);
+          u.set([yw.shift, xw.first, yw.first, n * used, s.cin, cc, s.pad, 0], 12);
+          g.dispatch(
+            kernel,
+            [
+              { buffer: x, offset: xw.offset, size: xw.size },
+              { buffer: dy, offset: yw.offset, size: yw.size },
+              { buffer: parts, size: m * s.n * used * 4 },
+            ],
+            u,
+            [Math.ceil(xw.count * s.k * s.k / threads), Math.ceil(yw.count / (4 * cov)), used],
+          );
+        }
       }
     }
+    sumParts(g, parts, dw, m, s.n * used, c0 * perCo);
+    g.free(parts);
   }
-  sumParts(g, parts, dw, m, s.n * used);
-  g.free(parts);
 }
 
 const DB: Kernel = {

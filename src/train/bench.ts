@@ -129,10 +129,13 @@ function baseFields(g: Gpu, o: BenchOptions) {
   };
 }
 
-/** Runs one benchmark mode and returns its result records (one per line of output). */
-export async function runBench(o: BenchOptions): Promise<Record<string, unknown>[]> {
+/**
+ * Runs one benchmark mode and returns its result records (one per line of output). `device` replaces the process
+ * GPU (or the null device of --plan), e.g. a null device with a lowered binding limit in a test.
+ */
+export async function runBench(o: BenchOptions, device?: Gpu): Promise<Record<string, unknown>[]> {
   if (o.plan && o.profile) throw new UsageError("--plan runs no kernel, so it cannot --profile");
-  const g = o.plan ? planGpu() : await gpu();
+  const g = device ?? (o.plan ? planGpu() : await gpu());
   let profiler: Profiler | null = null;
   if (o.profile) {
     profiler = Profiler.create(g);

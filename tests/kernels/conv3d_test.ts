@@ -118,6 +118,25 @@ Deno.test("conv3d GPU split-K with the binding limit lowered: windowed channels 
   }
 });
 
+Deno.test("conv3d binds weights larger than one binding in windows of whole channels (the disc at k=32)", async () => {
+  const g = await testGpu();
+  try {
+    // 3x3x3, 20 -> 12: the weight (25920 bytes) spans windows of 3 output channels (2160 bytes each) for the forward,
+    // of 3 dy channels for the input gradient (accumulated over windows); one output channel's N=2 gradient partials
+    // (4320 bytes) fit, so dw runs channel by channel into its slices of dw, at unaligned offsets.
+    g.setMaxBindingForTests(8192);
+    await checkGpu([2, 20, 5, 6, 7], 12, VARIANTS[0]);
+    // 4x4x4 stride 2, 9 -> 6: 2304 bytes per output channel; dx parity classes read windowed weights; dw in two
+    // groups of three channels.
+    await checkGpu([1, 9, 8, 6, 10], 6, VARIANTS[3]);
+    // split-K (small planes, many channels): 37 -> 5 at 4x4x4 stride 2 (9472 bytes per output channel).
+    g.setMaxBindingForTests(10240);
+    await checkGpu([1, 37, 4, 4, 4], 5, VARIANTS[3]);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+});
+
 Deno.test("conv3d backward computes only the gradients that are needed", async () => {
   const g = await testGpu();
   await scope(async () => {

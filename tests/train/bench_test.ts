@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { BENCH_MODES, benchCommand, convCases, runBench } from "../../src/train/bench.ts";
 import { UsageError } from "../../src/command.ts";
+import { planGpu } from "../../src/kernels/null_device.ts";
 import { testGpu } from "../util.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -100,6 +101,16 @@ Deno.test("bench --plan reports the same peak and dispatches as a real run of th
     assert.equal(plan.peak_gib, real.peak_gib, mode);
     assert.equal(plan.dispatches, real.dispatches, mode);
   }
+});
+
+Deno.test("bench --plan: a HAD-Net step at 160x192x160, k=32 also plans within WebGPU's default 128 MiB bindings", async () => {
+  // The discriminator's largest weight (1024 x 1024 x 4^3 floats, 256 MiB) and its gradient exceed such a binding:
+  // convolutions window them by whole channels. Every dispatch's bindings and grid are checked against the limits.
+  const g = planGpu();
+  g.setMaxBindingForTests(128 * 2 ** 20);
+  const o = { mode: "hadnet" as const, size: [160, 192, 160] as [number, number, number], k: 32 };
+  const [r] = await runBench({ ...o, iters: 1, warmup: 0, profile: false, plan: true }, g);
+  assert.ok((r.peak_gib as number) <= MEMORY_TARGETS_GIB.hadnet, `peak ${r.peak_gib} GiB`);
 });
 
 Deno.test("bench --plan refuses --profile", async () => {
