@@ -7,6 +7,18 @@ export function testGpu(): Promise<Gpu> {
   return gpu();
 }
 
+/** The GPU, which must offer shader-f16 (f16 storage tests fail without it, naming what to install). */
+export async function testGpuF16(): Promise<Gpu> {
+  const g = await gpu();
+  if (!g.features.has("shader-f16")) {
+    throw new Error(
+      `${g.adapterName} has no shader-f16: f16 storage needs it (Debian: apt-get install mesa-vulkan-drivers gives ` +
+        "lavapipe, which has it)",
+    );
+  }
+  return g;
+}
+
 /** Deterministic pseudo-random numbers in [-1, 1) (mulberry32). */
 export function rand(n: number, seed = 1): Float32Array {
   let a = seed >>> 0;

@@ -47,7 +47,10 @@ export const inferCommands: Record<string, Command> = {
       "  --mc-samples N        dropout passes for --uncertainty mc (default 10)\n" +
       "  --dropout P           Dropout3d probability for --uncertainty mc (default 0.2, the original's)\n" +
       "  --seed S              seed of the dropout masks; each subject restarts from it (default 0)\n" +
-      "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis",
+      "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis\n" +
+      "  --f16                 store activations as 16-bit floats (half the GPU memory; arithmetic stays 32-bit;\n" +
+      "                        needs the adapter's shader-f16; not with --uncertainty mc). Labels can differ from\n" +
+      "                        the default where two classes are nearly tied (docs/performance.md)",
     options: {
       preprocessed: { type: "boolean" },
       raw: { type: "string" },
@@ -64,6 +67,7 @@ export const inferCommands: Record<string, Command> = {
       dropout: { type: "string" },
       seed: { type: "string" },
       "min-et": { type: "string" },
+      f16: { type: "boolean" },
     },
     run: async (v, pos) => {
       if (pos.length !== 2) throw new UsageError("infer takes <input-dir> <out-dir>");
@@ -77,6 +81,9 @@ export const inferCommands: Record<string, Command> = {
       const unc = v.uncertainty as string | undefined;
       if (unc !== undefined && unc !== "entropy" && unc !== "mc") {
         throw new UsageError(`--uncertainty must be entropy or mc, got "${unc}"`);
+      }
+      if (v.f16 === true && unc === "mc") {
+        throw new UsageError("--f16 does not combine with --uncertainty mc (Monte-Carlo dropout runs in f32)");
       }
       let patch: [number, number, number] | undefined;
       if (v.patch !== undefined) {
@@ -120,6 +127,7 @@ export const inferCommands: Record<string, Command> = {
         dropout: numOpt(v.dropout, "--dropout", 0, 0.99) ?? 0.2,
         seed: intOpt(v.seed, "--seed", 0, 2 ** 32 - 1) ?? 0,
         minEt: intOpt(v["min-et"], "--min-et"),
+        f16: v.f16 === true,
       });
       return summary.failed.length ? 1 : 0;
     },

@@ -42,7 +42,7 @@ import {
   restoreToOriginal,
 } from "../data/preprocess.ts";
 import { JsonlLog, Progress } from "../data/progress.ts";
-import type { Gpu } from "../kernels/device.ts";
+import type { Gpu, Storage } from "../kernels/device.ts";
 import { loadWeights } from "../nn/checkpoint.ts";
 import { add, affine } from "../nn/ops/elementwise.ts";
 import { argmax, softmax } from "../nn/ops/loss.ts";
@@ -80,6 +80,8 @@ export interface InferOptions {
   seed: number;
   /** Smallest ET component kept as ET. */
   minEt?: number;
+  /** Store activations as f16 (the adapter's shader-f16; not with MC dropout). */
+  f16?: boolean;
   /** Progress and messages; default stderr. */
   write?: (text: string) => void;
 }
@@ -188,13 +190,13 @@ async function pass(
   net: UNet,
   input: Float32Array,
   shape: readonly number[],
-  want: { argmax: boolean; probs: boolean; mc?: { samples: number; rng: Rng } },
+  want: { argmax: boolean; probs: boolean; mc?: { samples: number; rng: Rng }; storage: Storage },
 ): Promise<PassResult> {
   const g = net.params.gpu;
   return await scope(async () => {
     const x = Tensor.from(g, [1, net.config.inChannels, ...shape], input);
     const { p, a, mc } = noGrad(() => {
-      const p = scope(() => softmax(net.forward(x, { training: false }).logits));
+      const p = scope(() => softmax(net.forward(x, { training: false, storage: want.storage }).logits));
       let mc: Tensor | undefined;
       if (want.mc) {
         for (let i = 0; i < want.mc.samples; i++) {
@@ -234,12 +236,23 @@ export async function predict(
   net: UNet,
   input: Float32Array,
   shape: readonly number[],
-  opts: { patch?: readonly number[]; overlap: number; uncertainty?: "entropy" | "mc"; mcSamples: number; seed: number },
+  opts: {
+    patch?: readonly number[];
+    overlap: number;
+    uncertainty?: "entropy" | "mc";
+    mcSamples: number;
+    seed: number;
+    f16?: boolean;
+  },
 ): Promise<Prediction> {
+  if (opts.f16 && opts.uncertainty === "mc") {
+    throw new Error("f16 storage does not combine with Monte-Carlo dropout uncertainty (its dropout runs in f32)");
+  }
   const mc = opts.uncertainty === "mc" ? { samples: opts.mcSamples, rng: new Rng(opts.seed) } : undefined;
+  const storage: Storage = opts.f16 ? "f16" : "f32";
   const S = shape[0] * shape[1] * shape[2];
   if (!opts.patch) {
-    const r = await pass(net, input, shape, { argmax: true, probs: opts.uncertainty === "entropy", mc });
+    const r = await pass(net, input, shape, { argmax: true, probs: opts.uncertainty === "entropy", mc, storage });
     return { labels: Uint8Array.from(r.argmax!), probs: r.probs ?? r.mcProbs };
   }
   const win = opts.patch.map((p, i) => Math.min(p, shape[i]));
@@ -255,7 +268,7 @@ export async function predict(
       for (const w0 of windowStarts(shape[2], ww, opts.overlap)) {
         const at = [d0, h0, w0];
         for (let c = 0; c < C; c++) copyBox(input.subarray(c * S), shape, at, x, win, all, win, c * WS);
-        const r = await pass(net, x, win, { argmax: false, probs: true, mc });
+        const r = await pass(net, x, win, { argmax: false, probs: true, mc, storage });
         for (let d = 0, i = 0; d < wd; d++) {
           for (let h = 0; h < wh; h++) {
             const row = ((d + d0) * shape[1] + h + h0) * shape[2] + w0;

@@ -1,6 +1,7 @@
 // 3D convolution with PyTorch Conv3d semantics: forward, input/weight/bias gradients, float64 CPU references.
 //
-// Layouts (f32 row-major): x [N,Cin,D,H,W] and y [N,Cout,OD,OH,OW] (NCDHW), w [Cout,Cin,k,k,k], b [Cout].
+// Layouts (f32 row-major): x [N,Cin,D,H,W] and y [N,Cout,OD,OH,OW] (NCDHW), w [Cout,Cin,k,k,k], b [Cout]. The
+// forward also reads and/or writes f16 storage for x and y (inference; weights and accumulation stay f32).
 // Supported (k, stride, pad): (3,1,1), (1,1,0), (4,2,1), (4,1,1); bias optional. OD = floor((D + 2p - k) / s) + 1.
 // Backward reads the forward input x (for dw) and the weights w (for dx); nothing else is saved. Every gradient is
 // assigned (written whole into its output buffer), never accumulated.
@@ -28,7 +29,8 @@
 // Tensors larger than one storage binding: channel planes are bound in windows (planeChunks); the gather kernel
 // sums over input-channel windows by accumulating into its output (the first window assigns, adding the bias).
 
-import { type Gpu, grid1d, type Kernel, planeChunks } from "./device.ts";
+import { enables, type Gpu, grid1d, type Kernel, planeChunks, type Storage, STORAGE_BYTES } from "./device.ts";
+import { cast } from "./elementwise.ts";
 
 /** Validated geometry of one convolution. */
 export interface Conv3dShape {
@@ -126,7 +128,16 @@ interface Split {
   kz: number;
 }
 
-function gatherKernel(t: number, s: number, cov: number, vh: number, split: Split | null): Kernel {
+/** xt, yt: storage of the source and (without split-K, whose partials are f32) of the destination. */
+function gatherKernel(
+  t: number,
+  s: number,
+  cov: number,
+  vh: number,
+  split: Split | null,
+  xt: Storage,
+  yt: Storage,
+): Kernel {
   const [wx, wy, kz] = split ? [split.wx, split.wy, split.kz] : [WX, WY, 1];
   // llvmpipe runs a workgroup's invocations SIMD along x only, so split-K puts its channel lanes on x.
   const [size, lx, ly, lane] = split
@@ -157,7 +168,7 @@ function gatherKernel(t: number, s: number, cov: number, vh: number, split: Spli
     for (let r = 0; r < nrow; r++) {
       inner += `  let rb${r} = xb + ro${a}_${r};\n`;
       for (let j = 0; j < ncol; j++) {
-        inner += `  let x${r}_${j} = select(0.0, X[u32(rb${r} + ${j})], ok${a}_${r} && okw${j});\n`;
+        inner += `  let x${r}_${j} = select(0.0, f32(X[u32(rb${r} + ${j})]), ok${a}_${r} && okw${j});\n`;
       }
       for (let y = 0; y < vh; y++) {
         const c = r - s * y;
@@ -192,12 +203,13 @@ function gatherKernel(t: number, s: number, cov: number, vh: number, split: Spli
     stores += "}\n";
   }
   return {
-    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}` + (split ? `_split${wx}x${wy}x${kz}` : ""),
-    wgsl: `
-@group(0) @binding(0) var<storage, read> X: array<f32>;
+    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}` + (split ? `_split${wx}x${wy}x${kz}` : "") +
+      (xt === "f32" && yt === "f32" ? "" : `_${xt}_${yt}`),
+    wgsl: `${enables(xt, yt)}
+@group(0) @binding(0) var<storage, read> X: array<${xt}>;
 @group(0) @binding(1) var<storage, read> Wt: array<f32>;
 @group(0) @binding(2) var<storage, read> B: array<f32>;
-@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<${yt}>;
 struct U {
   inD: i32, inH: i32, inW: i32, inPlane: u32,
   outD: u32, outH: u32, outW: u32, nci: u32,
@@ -218,8 +230,8 @@ fn store(yi: u32, part: u32, oc: u32, v: f32) {
   var r = v;
   if ((u.flags & 1u) != 0u) { r += B[u.coBase + oc]; }
   let i = yi + oc * u.outPlane + part * u.partStride;
-  if ((u.flags & 2u) != 0u) { r += Y[i]; }
-  Y[i] = r;
+  if ((u.flags & 2u) != 0u) { r += f32(Y[i]); }
+  Y[i] = ${yt}(r);
 }
 
 @compute @workgroup_size(${size})
@@ -269,23 +281,26 @@ fn main(@builtin(workgroup_id) wg: vec3u,
   };
 }
 
-/** The aligned binding window over f32 elements [start, start + count) of a buffer; shift = start - window start. */
-function span(g: Gpu, start: number, count: number) {
-  const offset = Math.floor((start * 4) / g.offsetAlign) * g.offsetAlign;
-  const shift = start - offset / 4;
-  return { offset, shift, size: (shift + count) * 4 };
+/**
+ * The aligned binding window over elements [start, start + count) of a buffer of `eb`-byte elements; shift = start -
+ * the window's first element. Sizes are whole 4-byte words.
+ */
+function span(g: Gpu, start: number, count: number, eb = 4) {
+  const offset = Math.floor((start * eb) / g.offsetAlign) * g.offsetAlign;
+  const shift = start - offset / eb;
+  return { offset, shift, size: Math.ceil(((shift + count) * eb) / 4) * 4 };
 }
 
 /**
- * Windows over `planes` channel planes starting at plane `base` of a buffer (planeChunks, shifted to `base`). Each
- * window's channel count also fits `chunkElems` per channel in one binding: a weight slice of that many elements per
- * channel (the weight's outer axis) is bound beside it.
+ * Windows over `planes` channel planes (of `eb`-byte elements) starting at plane `base` of a buffer (planeChunks,
+ * shifted to `base`). Each window's channel count also fits `chunkBytes` per channel in one binding: the weight slice
+ * (the weight's outer axis) bound beside it.
  */
-function windows(g: Gpu, base: number, planes: number, planeElems: number, chunkElems = planeElems) {
-  return planeChunks(g, planes, Math.max(planeElems, chunkElems)).map((c) => ({
+function windows(g: Gpu, base: number, planes: number, planeElems: number, eb = 4, chunkBytes = 0) {
+  return planeChunks(g, planes, Math.max(planeElems * eb, chunkBytes), 1).map((c) => ({
     first: c.first,
     count: c.count,
-    ...span(g, (base + c.first) * planeElems, c.count * planeElems),
+    ...span(g, (base + c.first) * planeElems, c.count * planeElems, eb),
   }));
 }
 
@@ -306,6 +321,8 @@ interface Gather {
   wIC: number;
   /** The weight's outer (contiguous) axis: destination channels (forward) or source channels (input gradient). */
   wAxis: "dst" | "src";
+  srcT: Storage; // storage of the source and the destination (f16: forward for inference)
+  dstT: Storage;
   /** Per parity class: sub-grid size, offset in the destination, pads, tap constants (kd = tap + tapStep*u). */
   classes: { size: number[]; r: number[]; pad: number[]; tap: number[] }[];
   outStep: number;
@@ -335,12 +352,12 @@ function splitPlan(g: Gpu, p: Gather, size: number[], cov: number, dstCount: num
   return { split: { wx, wy, kz }, chunks: Math.ceil(srcCount / kper), kper, m };
 }
 
-const SUM_OUT: Kernel = {
-  name: "conv3d_sum_parts_out",
-  wgsl: `
+const sumOut = (t: Storage): Kernel => ({
+  name: t === "f32" ? "conv3d_sum_parts_out" : `conv3d_sum_parts_out_${t}`,
+  wgsl: `${enables(t)}
 @group(0) @binding(0) var<storage, read> P: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<${t}>;
 struct U { plane: u32, parts: u32, partStride: u32, shift: u32, coBase: u32, flags: u32, pad0: u32, pad1: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 @compute @workgroup_size(64)
@@ -351,21 +368,31 @@ fn main(@builtin(global_invocation_id) id: vec3u) { // x: voxel of the plane, y:
   for (var p = 0u; p < u.parts; p++) { s += P[p * u.partStride + i]; }
   if ((u.flags & 1u) != 0u) { s += B[u.coBase + id.y]; }
   let o = u.shift + i;
-  if ((u.flags & 2u) != 0u) { s += O[o]; }
-  O[o] = s;
+  if ((u.flags & 2u) != 0u) { s += f32(O[o]); }
+  O[o] = ${t}(s);
 }`,
-};
+});
+const SUM_OUT = { f32: sumOut("f32"), f16: sumOut("f16") };
 
 function gather(g: Gpu, p: Gather) {
   const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
   const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
+  if (p.dstT === "f16" && windows(g, 0, p.srcC, srcPlane, STORAGE_BYTES[p.srcT]).length > 1) {
+    // Sums over several input windows accumulate in the output: in f32, then one rounding to f16.
+    const count = p.n * p.dstC * dstPlane, tmp = g.alloc(count * 4);
+    gather(g, { ...p, dst: tmp, dstT: "f32" });
+    cast(g, tmp, p.dst, count, "f16");
+    g.free(tmp);
+    return;
+  }
   const u = new Int32Array(40);
   // Weights are bound in windows of whole channels of their outer axis, so the channel windows of that side also
   // fit its weight slice.
   const wPer = p.wAxis === "dst" ? p.wOC : p.wIC;
   for (let n = 0; n < p.n; n++) {
-    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, p.wAxis === "dst" ? wPer : 0)) {
-      windows(g, n * p.srcC, p.srcC, srcPlane, p.wAxis === "src" ? wPer : 0).forEach((iw, i) => {
+    const [sb, db] = [STORAGE_BYTES[p.srcT], STORAGE_BYTES[p.dstT]];
+    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, db, p.wAxis === "dst" ? wPer * 4 : 0)) {
+      windows(g, n * p.srcC, p.srcC, srcPlane, sb, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
         const wc = p.wAxis === "dst" ? ow : iw;
         const ww = span(g, wc.first * wPer, wc.count * wPer);
         const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
@@ -384,7 +411,15 @@ function gather(g: Gpu, p: Gather) {
           const [od, oh, owd] = c.size;
           if (od * oh * owd === 0) continue;
           const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
-          const kernel = gatherKernel(p.taps, p.stride, cov, vh, plan ? plan.split : null);
+          const kernel = gatherKernel(
+            p.taps,
+            p.stride,
+            cov,
+            vh,
+            plan ? plan.split : null,
+            p.srcT,
+            plan ? "f32" : p.dstT,
+          );
           const blocks = Math.ceil(ow.count / (4 * cov));
           const chunks = plan ? plan.chunks : 1;
           if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
@@ -411,7 +446,7 @@ function gather(g: Gpu, p: Gather) {
         }
         if (plan && parts) {
           g.dispatch(
-            SUM_OUT,
+            SUM_OUT[p.dstT],
             [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
               buffer: p.dst,
               offset: ow.offset,
@@ -427,7 +462,7 @@ function gather(g: Gpu, p: Gather) {
   }
 }
 
-/** y = conv3d(x, w) + b. Buffers hold s's tensors; b may be null. */
+/** y = conv3d(x, w) + b. Buffers hold s's tensors; b may be null; x and y are stored as `types` (f32, f32). */
 export function conv3dForward(
   g: Gpu,
   s: Conv3dShape,
@@ -435,6 +470,7 @@ export function conv3dForward(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
+  types: [x: Storage, y: Storage] = ["f32", "f32"],
 ) {
   gather(g, {
     n: s.n,
@@ -452,6 +488,8 @@ export function conv3dForward(
     wOC: s.cin * s.k ** 3,
     wIC: s.k ** 3,
     wAxis: "dst",
+    srcT: types[0],
+    dstT: types[1],
     classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],
     outStep: 1,
     tapStep: 1,
@@ -488,6 +526,8 @@ export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GP
     wOC: s.k ** 3,
     wIC: s.cin * s.k ** 3,
     wAxis: "src",
+    srcT: "f32",
+    dstT: "f32",
     classes,
     outStep: st,
     tapStep: -st,

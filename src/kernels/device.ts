@@ -201,7 +201,10 @@ export class Gpu {
     }
     const staging = this.device.createBuffer({ size: Math.max(total, 8), usage: MAP_READ });
     const enc = this.#enc();
-    windows.forEach((w, i) => enc.copyBufferToBuffer(w.buffer, w.offset ?? 0, staging, offs[i], w.size));
+    // Copies are whole 4-byte words (an odd count of f16 values reads 2 bytes more, inside the pooled buffer).
+    windows.forEach((w, i) =>
+      enc.copyBufferToBuffer(w.buffer, w.offset ?? 0, staging, offs[i], Math.ceil(w.size / 4) * 4)
+    );
     this.flush();
     await staging.mapAsync(1 /* GPUMapMode.READ */);
     const mapped = staging.getMappedRange();
@@ -236,7 +239,19 @@ export function gpu(): Promise<Gpu> {
   return current ??= open();
 }
 
+/**
+ * Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" twice on headless Linux (containers, CI), which
+ * would break hadnet's one-line errors. hadnet never presents to a window, so a private directory will do.
+ */
+function quietVulkanLoader() {
+  if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
+  const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/hadnet-runtime-${Deno.uid() ?? "user"}`;
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  Deno.env.set("XDG_RUNTIME_DIR", dir);
+}
+
 async function open(): Promise<Gpu> {
+  quietVulkanLoader();
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   const adapter = nav?.gpu ? await nav.gpu.requestAdapter({ powerPreference: "high-performance" }) : null;
   if (!adapter) {
@@ -291,22 +306,34 @@ export function planeChunks(
     const count = Math.min(per, planes - first);
     const start = first * planeBytes;
     const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
-    out.push({ first, count, offset, shift: (start - offset) / elemBytes, size: start - offset + count * planeBytes });
+    const size = Math.ceil((start - offset + count * planeBytes) / 4) * 4; // bindings are whole 4-byte words
+    out.push({ first, count, offset, shift: (start - offset) / elemBytes, size });
   }
   return out;
 }
 
+/** Element types of activation storage: f16 needs the adapter's shader-f16 feature (arithmetic stays f32). */
+export type Storage = "f32" | "f16";
+export const STORAGE_BYTES: Record<Storage, number> = { f32: 4, f16: 2 };
+
+/** The WGSL module prefix for these storage types: `enable f16;` when any is f16. */
+export function enables(...types: Storage[]): string {
+  return types.includes("f16") ? "enable f16;\n" : "";
+}
+
 /**
- * Windows of at most one binding over a flat range of n f32 (elementwise kernels, reductions, Adam). Unlike
- * planeChunks, windows start at multiples of 64 elements (256 bytes, the largest offset alignment WebGPU allows), so
- * they need no shift.
+ * Windows of at most one binding over a flat range of n elements (elementwise kernels, reductions, Adam). Unlike
+ * planeChunks, windows start at multiples of 128 elements, so every operand's window starts 256-byte aligned (the
+ * largest offset alignment WebGPU allows) whether it stores f32 or f16, and needs no shift. `window` gives an
+ * operand's binding for a chunk.
  */
-export function flatChunks(g: Gpu, n: number): { first: number; count: number; offset: number; size: number }[] {
-  const per = Math.floor(g.maxBinding / 256) * 64;
+export function flatChunks(g: Gpu, n: number) {
+  const per = Math.floor(g.maxBinding / 512) * 128;
   const out = [];
   for (let first = 0; first < n; first += per) {
     const count = Math.min(per, n - first);
-    out.push({ first, count, offset: first * 4, size: Math.ceil(count / 64) * 256 });
+    const window = (elemBytes = 4) => ({ offset: first * elemBytes, size: Math.ceil((count * elemBytes) / 256) * 256 });
+    out.push({ first, count, ...window(), window });
   }
   return out;
 }

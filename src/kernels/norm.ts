@@ -10,9 +10,10 @@
 // (plane, part) reduces its part (per-thread Welford updates, then a shared-memory tree of Chan merges of
 // (count, mean, M2)), and a second pass with one workgroup per plane merges the parts the same way. The backward
 // reduces (sum g, sum g * x-hat) per plane the same way, g = dz * activation'(pre), then sums planes over n for
-// dweight/dbias. Tensors larger than one storage binding are processed in chunks of whole planes.
+// dweight/dbias. Tensors larger than one storage binding are processed in chunks of whole planes. The forward also
+// reads and writes f16 storage (x and y alike, for inference); statistics and arithmetic stay f32.
 
-import { type Gpu, type Kernel } from "./device.ts";
+import { enables, type Gpu, type Kernel, type Storage, STORAGE_BYTES } from "./device.ts";
 import { planeWindows } from "./planes.ts";
 
 export const EPS = 1e-5;
@@ -21,15 +22,18 @@ const PART = WG * 16;
 
 type Buf = [name: string, type: string, write?: boolean];
 
-/** A kernel with the given storage bindings (then weight and bias when affine), the shared uniform block last. */
-function build(name: string, affine: boolean, bufs: Buf[], body: string): Kernel {
+/**
+ * A kernel with the given storage bindings (then weight and bias when affine), the shared uniform block last; `t` is
+ * the storage type of x and y.
+ */
+function build(name: string, affine: boolean, bufs: Buf[], body: string, t: Storage = "f32"): Kernel {
   const all: Buf[] = affine ? [...bufs, ["weight", "array<f32>"], ["bias", "array<f32>"]] : bufs;
-  const decl = all.map(([n, t, w], i) =>
-    `@group(0) @binding(${i}) var<storage, ${w ? "read_write" : "read"}> ${n}: ${t};`
+  const decl = all.map(([n, ty, w], i) =>
+    `@group(0) @binding(${i}) var<storage, ${w ? "read_write" : "read"}> ${n}: ${ty};`
   );
   return {
-    name: affine ? `${name}_affine` : name,
-    wgsl: `${decl.join("\n")}
+    name: (affine ? `${name}_affine` : name) + (t === "f32" ? "" : `_${t}`),
+    wgsl: `${enables(t)}${decl.join("\n")}
 struct U { len: u32, shift: u32, parts: u32, first: u32, C: u32, N: u32, slope: f32, inv_len: f32 }
 @group(0) @binding(${all.length}) var<uniform> u: U;
 // (weight, bias) of channel c.
@@ -72,30 +76,33 @@ const PLANE = `
   let p = u.first + wg.z;
   let st = stats[p];
   let a = wb(p % u.C);`;
-const PRE = `let xh = (x[base + i] - st.x) * st.y;
+const PRE = `let xh = (f32(x[base + i]) - st.x) * st.y;
     let pre = xh * a.x + a.y;`;
 const GRAD = `${PRE}
     let gz = dz[base + i];
     let gg = select(u.slope * gz, gz, pre > 0.0);`;
 
-const STATS_PART = build(
-  "inorm_stats_part",
-  false,
-  [["x", "array<f32>"], ["part", "array<vec4f>", true]],
-  `var<workgroup> sh: array<vec3f, ${WG}>;
+const statsPart = (t: Storage) =>
+  build(
+    "inorm_stats_part",
+    false,
+    [["x", `array<${t}>`], ["part", "array<vec4f>", true]],
+    `var<workgroup> sh: array<vec3f, ${WG}>;
 ${ENTRY}
   var s = vec3f(0.0);
   ${
-    partLoop(`let v = x[base + i];
+      partLoop(`let v = f32(x[base + i]);
     s.x += 1.0;
     let d = v - s.y;
     s.y += d / s.x;
     s.z += d * (v - s.y);`)
-  }
+    }
   ${tree("chan")}
   if (t == 0u) { part[wg.z * u.parts + wg.x] = vec4f(sh[0], 0.0); }
 }`,
-);
+    t,
+  );
+const STATS_PART = { f32: statsPart("f32"), f16: statsPart("f16") };
 
 const STATS_MERGE = build(
   "inorm_stats_merge",
@@ -113,16 +120,17 @@ ${ENTRY}
 }`,
 );
 
-const applyKernel = (affine: boolean) =>
+const applyKernel = (affine: boolean, t: Storage) =>
   build(
     "inorm_apply",
     affine,
-    [["x", "array<f32>"], ["stats", "array<vec2f>"], ["y", "array<f32>", true]],
+    [["x", `array<${t}>`], ["stats", "array<vec2f>"], ["y", `array<${t}>`, true]],
     `${ENTRY}${PLANE}${
       partLoop(`${PRE}
-    y[base + i] = select(u.slope * pre, pre, pre > 0.0);`)
+    y[base + i] = ${t}(select(u.slope * pre, pre, pre > 0.0));`)
     }
 }`,
+    t,
   );
 
 const bwdPartKernel = (affine: boolean) =>
@@ -190,7 +198,10 @@ const bwdDxKernel = (affine: boolean) =>
 }`,
   );
 
-const APPLY = [applyKernel(false), applyKernel(true)];
+const APPLY = {
+  f32: [applyKernel(false, "f32"), applyKernel(true, "f32")],
+  f16: [applyKernel(false, "f16"), applyKernel(true, "f16")],
+};
 const BWD_PART = [bwdPartKernel(false), bwdPartKernel(true)];
 const BWD_DX = [bwdDxKernel(false), bwdDxKernel(true)];
 
@@ -214,10 +225,10 @@ export function normShape(op: string, shape: readonly number[], affine: [weight:
 }
 
 /** Chunks of whole planes that fit one binding, a scratch buffer for one chunk's per-part partials, the uniforms. */
-function chunked(g: Gpu, N: number, C: number, L: number, slope: number) {
+function chunked(g: Gpu, N: number, C: number, L: number, slope: number, t: Storage = "f32") {
   const parts = Math.ceil(L / PART);
   if (parts > g.maxWorkgroupsPerDim) throw new Error(`instance norm: a plane of ${L} values is too large`);
-  const chunks = planeWindows(g, N * C, [L]).map((c) => {
+  const chunks = planeWindows(g, N * C, [L], [STORAGE_BYTES[t]]).map((c) => {
     const { offset, shift, size } = c.win[0];
     const u = new ArrayBuffer(32);
     new Uint32Array(u, 0, 6).set([L, shift, parts, c.first, C, N]);
@@ -228,7 +239,10 @@ function chunked(g: Gpu, N: number, C: number, L: number, slope: number) {
   return { parts, chunks, scratch };
 }
 
-/** y = act((x - mean) * rstd * weight + bias); writes stats (mean, rstd) per plane for the backward. */
+/**
+ * y = act((x - mean) * rstd * weight + bias), x and y stored as t; writes stats (mean, rstd) per plane for the
+ * backward.
+ */
 export function instanceNormForward(
   g: Gpu,
   x: GPUBuffer,
@@ -237,16 +251,17 @@ export function instanceNormForward(
   affine: Affine<GPUBuffer> | null,
   shape: readonly number[],
   slope: number,
+  t: Storage = "f32",
 ) {
   const { N, C, L } = normShape("instanceNorm", shape, null);
-  const { parts, chunks, scratch } = chunked(g, N, C, L, slope);
+  const { parts, chunks, scratch } = chunked(g, N, C, L, slope, t);
   const ab = affine ? [{ buffer: affine.weight }, { buffer: affine.bias }] : [];
   for (const c of chunks) {
     const xw = { buffer: x, offset: c.offset, size: c.size };
-    g.dispatch(STATS_PART, [xw, { buffer: scratch }], c.u, [parts, 1, c.count]);
+    g.dispatch(STATS_PART[t], [xw, { buffer: scratch }], c.u, [parts, 1, c.count]);
     g.dispatch(STATS_MERGE, [{ buffer: scratch }, { buffer: stats }], c.u, [1, 1, c.count]);
     const yw = { buffer: y, offset: c.offset, size: c.size };
-    g.dispatch(APPLY[+!!affine], [xw, { buffer: stats }, yw, ...ab], c.u, [parts, 1, c.count]);
+    g.dispatch(APPLY[t][+!!affine], [xw, { buffer: stats }, yw, ...ab], c.u, [parts, 1, c.count]);
   }
   g.free(scratch);
 }

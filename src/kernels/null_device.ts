@@ -53,7 +53,10 @@ function nullDevice(): GPUDevice {
   return device as unknown as GPUDevice;
 }
 
-/** A Gpu that records allocations and dispatches but computes nothing (every value reads back as zero). */
+/**
+ * A Gpu that records allocations and dispatches but computes nothing (every value reads back as zero); it offers
+ * shader-f16, as the H100 does.
+ */
 export function planGpu(): Gpu {
-  return new Gpu(nullDevice(), "null device (plan only: no kernel runs)", false, new Set());
+  return new Gpu(nullDevice(), "null device (plan only: no kernel runs)", false, new Set(["shader-f16"]));
 }

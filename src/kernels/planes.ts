@@ -20,18 +20,23 @@ export interface PlaneChunk {
   win: Window[];
 }
 
-/** Splits `planes` planes into chunks; tensor k has `planeElems[k]` (> 0) 4-byte elements per plane. */
-export function planeWindows(g: Gpu, planes: number, planeElems: number[]): PlaneChunk[] {
-  const largest = Math.max(...planeElems);
+/**
+ * Splits `planes` planes into chunks; tensor k has `planeElems[k]` (> 0) elements per plane, of `elemBytes[k]` bytes
+ * (4 unless given: 2 for f16 storage).
+ */
+export function planeWindows(g: Gpu, planes: number, planeElems: number[], elemBytes?: number[]): PlaneChunk[] {
+  const bytes = planeElems.map((pe, k) => pe * (elemBytes?.[k] ?? 4));
+  const largest = Math.max(...bytes);
   if (planes === 0 || largest === 0) return [];
   const out: PlaneChunk[] = [];
-  for (const c of planeChunks(g, planes, largest)) {
+  for (const c of planeChunks(g, planes, largest, 1)) {
     for (let first = c.first; first < c.first + c.count; first += g.maxWorkgroupsPerDim) {
       const count = Math.min(g.maxWorkgroupsPerDim, c.first + c.count - first);
-      const win = planeElems.map((pe) => {
-        const start = first * pe * 4;
+      const win = bytes.map((pb, k) => {
+        const start = first * pb;
         const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
-        return { offset, shift: (start - offset) / 4, size: start - offset + count * pe * 4 };
+        const eb = elemBytes?.[k] ?? 4;
+        return { offset, shift: (start - offset) / eb, size: Math.ceil((start - offset + count * pb) / 4) * 4 };
       });
       out.push({ first, count, win });
     }

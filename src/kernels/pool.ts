@@ -1,6 +1,7 @@
 // 3D max pooling, kernel 2 stride 2 (PyTorch max_pool3d(x, 2)): odd sizes are floored, trailing voxels dropped.
 //
-// Layouts: x, dx are NCDHW f32 [N,C,D,H,W]; y, dy are [N,C,D/2,H/2,W/2] (floor). The forward also writes idx
+// Layouts: x, dx are NCDHW f32 [N,C,D,H,W]; y, dy are [N,C,D/2,H/2,W/2] (floor). The forward also reads and writes
+// f16 storage (x and y alike; inference). The forward also writes idx
 // (u32, y's shape): the in-plane flat index d*H*W + h*W + w of each window's max, as PyTorch's return_indices. Ties go
 // to the first max in (d, h, w) scan order (a later value replaces the max only when strictly greater, as PyTorch's
 // CPU kernel; NaN propagation is not reproduced). The backward saves nothing else and assigns dx: each input voxel
@@ -9,18 +10,20 @@
 // Threads: one per output (forward) or input (backward) voxel; grid x covers an (h, w) slice, y the depth, z the
 // plane within a chunk of planes that fits one storage binding.
 
-import { type Gpu, type Kernel } from "./device.ts";
+import { enables, type Gpu, type Kernel, type Storage, STORAGE_BYTES } from "./device.ts";
 import { planeWindows } from "./planes.ts";
 
 const WG = 256;
 
-const UNIFORMS = `struct U { D: u32, H: u32, W: u32, OD: u32, OH: u32, OW: u32, xshift: u32, yshift: u32 }`;
+// Shifts of the window over input planes, over output planes, and over idx (which differs from y's for f16 storage).
+const UNIFORMS = `struct U {
+  D: u32, H: u32, W: u32, OD: u32, OH: u32, OW: u32, xshift: u32, yshift: u32, ishift: u32, p0: u32, p1: u32, p2: u32 }`;
 
-const FORWARD: Kernel = {
-  name: "maxpool2_fwd",
-  wgsl: `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+const forward = (t: Storage): Kernel => ({
+  name: t === "f32" ? "maxpool2_fwd" : `maxpool2_fwd_${t}`,
+  wgsl: `${enables(t)}
+@group(0) @binding(0) var<storage, read> x: array<${t}>;
+@group(0) @binding(1) var<storage, read_write> y: array<${t}>;
 @group(0) @binding(2) var<storage, read_write> idx: array<u32>;
 ${UNIFORMS}
 @group(0) @binding(3) var<uniform> u: U;
@@ -33,21 +36,22 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let xb = u.xshift + id.z * u.D * hw;
   let first = 2u * (id.y * hw + oh * u.W + ow);
   var best = first;
-  var m = x[xb + first];
+  var m = f32(x[xb + first]);
   for (var dd = 0u; dd < 2u; dd++) {
     for (var hh = 0u; hh < 2u; hh++) {
       for (var ww = 0u; ww < 2u; ww++) {
         let j = first + dd * hw + hh * u.W + ww;
-        let v = x[xb + j];
+        let v = f32(x[xb + j]);
         if (v > m) { m = v; best = j; }
       }
     }
   }
-  let o = u.yshift + id.z * u.OD * u.OH * u.OW + id.y * u.OH * u.OW + id.x;
-  y[o] = m;
-  idx[o] = best;
+  let o = id.z * u.OD * u.OH * u.OW + id.y * u.OH * u.OW + id.x;
+  y[u.yshift + o] = ${t}(m); // exact: the max of values already stored as t
+  idx[u.ishift + o] = best;
 }`,
-};
+});
+const FORWARD = { f32: forward("f32"), f16: forward("f16") };
 
 const BACKWARD: Kernel = {
   name: "maxpool2_bwd",
@@ -66,8 +70,8 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let d = id.y;
   var v = 0.0;
   if (d < 2u * u.OD && h < 2u * u.OH && w < 2u * u.OW) {
-    let o = u.yshift + id.z * u.OD * u.OH * u.OW + ((d >> 1u) * u.OH + (h >> 1u)) * u.OW + (w >> 1u);
-    if (idx[o] == d * hw + id.x) { v = dy[o]; }
+    let o = id.z * u.OD * u.OH * u.OW + ((d >> 1u) * u.OH + (h >> 1u)) * u.OW + (w >> 1u);
+    if (idx[u.ishift + o] == d * hw + id.x) { v = dy[u.yshift + o]; }
   }
   dx[u.xshift + id.z * u.D * hw + d * hw + id.x] = v;
 }`,
@@ -82,32 +86,36 @@ export function pooledShape(shape: readonly number[]): number[] {
   return [N, C, D >> 1, H >> 1, W >> 1];
 }
 
-function run(g: Gpu, k: Kernel, bufs: GPUBuffer[], shape: readonly number[], forward: boolean) {
+/** Dispatches k over plane chunks; per buffer, whether it has input planes and its element size. */
+function run(g: Gpu, k: Kernel, bufs: [GPUBuffer, boolean, number][], shape: readonly number[], forward: boolean) {
   const [N, C, D, H, W] = shape;
   const [, , OD, OH, OW] = pooledShape(shape);
-  // Forward: x, y, idx; backward: dy, idx, dx. Window 0 spans input planes, window 1 output planes.
-  const isIn = forward ? [true, false, false] : [false, false, true];
-  for (const c of planeWindows(g, N * C, [D * H * W, OD * OH * OW])) {
-    const [xw, yw] = c.win;
-    const u = new Uint32Array([D, H, W, OD, OH, OW, xw.shift, yw.shift]);
-    const binds = bufs.map((buffer, i) => ({
-      buffer,
-      offset: (isIn[i] ? xw : yw).offset,
-      size: (isIn[i] ? xw : yw).size,
-    }));
+  const planes = bufs.map(([, isIn]) => isIn ? D * H * W : OD * OH * OW);
+  for (const c of planeWindows(g, N * C, planes, bufs.map(([, , eb]) => eb))) {
+    const [xw, yw, iw] = forward ? c.win : [c.win[2], c.win[0], c.win[1]]; // input planes, output planes, idx
+    const u = new Uint32Array([D, H, W, OD, OH, OW, xw.shift, yw.shift, iw.shift, 0, 0, 0]);
+    const binds = bufs.map(([buffer], i) => ({ buffer, offset: c.win[i].offset, size: c.win[i].size }));
     const grid = forward ? [Math.ceil((OH * OW) / WG), OD, c.count] : [Math.ceil((H * W) / WG), D, c.count];
     g.dispatch(k, binds, u, grid as [number, number, number]);
   }
 }
 
-/** y = max over each 2x2x2 window of x; idx = its in-plane argmax. */
-export function maxPool2Forward(g: Gpu, x: GPUBuffer, y: GPUBuffer, idx: GPUBuffer, shape: readonly number[]) {
-  run(g, FORWARD, [x, y, idx], shape, true);
+/** y = max over each 2x2x2 window of x (both stored as t); idx = its in-plane argmax. */
+export function maxPool2Forward(
+  g: Gpu,
+  x: GPUBuffer,
+  y: GPUBuffer,
+  idx: GPUBuffer,
+  shape: readonly number[],
+  t: Storage = "f32",
+) {
+  const eb = STORAGE_BYTES[t];
+  run(g, FORWARD[t], [[x, true, eb], [y, false, eb], [idx, false, 4]], shape, true);
 }
 
 /** dx (x's shape) from dy and the forward's idx. */
 export function maxPool2Backward(g: Gpu, dy: GPUBuffer, idx: GPUBuffer, dx: GPUBuffer, shape: readonly number[]) {
-  run(g, BACKWARD, [dy, idx, dx], shape, false);
+  run(g, BACKWARD, [[dy, false, 4], [idx, false, 4], [dx, true, 4]], shape, false);
 }
 
 // CPU references.

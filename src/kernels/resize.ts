@@ -5,12 +5,12 @@
 // (input, output) size on the CPU (`nearestIndex`, shared with the reference) and kept on the GPU in a cached table,
 // with, per input index, the contiguous range [lo, hi) of output indices that read it (the mapping is monotone).
 //
-// Layouts: x, dx are [N,C,D,H,W]; y, dy are [N,C,D',H',W']. The backward saves nothing; it assigns dx by gathering:
+// Layouts: x, dx are [N,C,D,H,W]; y, dy are [N,C,D',H',W'] (the forward also on f16 storage, for inference). The backward saves nothing; it assigns dx by gathering:
 // each input voxel sums dy over the box of outputs that read it (no atomics; voxels no output reads get 0).
 // Threads: one per output (forward) or input (backward) voxel; grid x covers an (h, w) slice, y the depth, z the
 // plane within a chunk of planes that fits one storage binding.
 
-import { type Gpu, type Kernel } from "./device.ts";
+import { enables, type Gpu, type Kernel, type Storage, STORAGE_BYTES } from "./device.ts";
 import { planeWindows } from "./planes.ts";
 
 const WG = 256;
@@ -21,12 +21,12 @@ const HEADER = `
 struct U { D: u32, H: u32, W: u32, OD: u32, OH: u32, OW: u32, xshift: u32, yshift: u32 }
 @group(0) @binding(3) var<uniform> u: U;`;
 
-const FORWARD: Kernel = {
-  name: "resize_nearest_fwd",
-  wgsl: `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+const forward = (t: Storage): Kernel => ({
+  name: t === "f32" ? "resize_nearest_fwd" : `resize_nearest_fwd_${t}`,
+  wgsl: `${enables(t)}
+@group(0) @binding(0) var<storage, read> x: array<${t}>;
 @group(0) @binding(1) var<storage, read> table: array<u32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<${t}>;
 ${HEADER}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) id: vec3u) {
@@ -36,7 +36,8 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let s = (table[id.y] * u.H + table[u.OD + oh]) * u.W + table[u.OD + u.OH + ow];
   y[u.yshift + (id.z * u.OD + id.y) * u.OH * u.OW + id.x] = x[u.xshift + id.z * u.D * u.H * u.W + s];
 }`,
-};
+});
+const FORWARD = { f32: forward("f32"), f16: forward("f16") };
 
 const BACKWARD: Kernel = {
   name: "resize_nearest_bwd",
@@ -106,13 +107,21 @@ function table(g: Gpu, from: readonly number[], to: readonly number[]): GPUBuffe
   return buf;
 }
 
-function run(g: Gpu, k: Kernel, a: GPUBuffer, b: GPUBuffer, shape: readonly number[], size: readonly number[]) {
+function run(
+  g: Gpu,
+  k: Kernel,
+  a: GPUBuffer,
+  b: GPUBuffer,
+  shape: readonly number[],
+  size: readonly number[],
+  forward: boolean,
+  eb = 4,
+) {
   checkResize(shape, size);
   const [N, C, D, H, W] = shape;
   const [OD, OH, OW] = size;
   const t = { buffer: table(g, [D, H, W], size) };
-  const forward = k === FORWARD;
-  for (const c of planeWindows(g, N * C, [D * H * W, OD * OH * OW])) {
+  for (const c of planeWindows(g, N * C, [D * H * W, OD * OH * OW], [eb, eb])) {
     const [xw, yw] = c.win;
     const u = new Uint32Array([D, H, W, OD, OH, OW, xw.shift, yw.shift]);
     const [aw, bw] = forward ? [xw, yw] : [yw, xw];
@@ -121,14 +130,21 @@ function run(g: Gpu, k: Kernel, a: GPUBuffer, b: GPUBuffer, shape: readonly numb
   }
 }
 
-/** y [N,C,...size] = x [N,C,D,H,W] resized (nearest). */
-export function resizeNearestForward(g: Gpu, x: GPUBuffer, y: GPUBuffer, shape: readonly number[], size: number[]) {
-  run(g, FORWARD, x, y, shape, size);
+/** y [N,C,...size] = x [N,C,D,H,W] resized (nearest), both stored as t. */
+export function resizeNearestForward(
+  g: Gpu,
+  x: GPUBuffer,
+  y: GPUBuffer,
+  shape: readonly number[],
+  size: number[],
+  t: Storage = "f32",
+) {
+  run(g, FORWARD[t], x, y, shape, size, true, STORAGE_BYTES[t]);
 }
 
 /** dx (x's shape `shape`) from dy ([N,C,...size]). */
 export function resizeNearestBackward(g: Gpu, dy: GPUBuffer, dx: GPUBuffer, shape: readonly number[], size: number[]) {
-  run(g, BACKWARD, dy, dx, shape, size);
+  run(g, BACKWARD, dy, dx, shape, size, false);
 }
 
 // CPU references.

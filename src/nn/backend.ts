@@ -3,6 +3,7 @@
 // from the kernels' CPU references (src/nn/cpu_backend.ts), which the parity check uses as a float64 twin.
 // Parameters are referred to by their PyTorch state-dict names; each backend resolves them.
 
+import type { Storage } from "../kernels/device.ts";
 import type { Params } from "./module.ts";
 import { concat } from "./ops/concat.ts";
 import { conv3d } from "./ops/conv.ts";
@@ -41,6 +42,11 @@ export interface ForwardMode {
   rng?: Rng;
   /** When given, every LeakyReLU output is appended in network order (the parity check reads its sign pattern). */
   trace?: Tensor[];
+  /**
+   * "f16": convolutions write their outputs as f16, so every activation after the input is stored in half the
+   * memory (arithmetic stays f32). Inference only: it needs noGrad, eval mode and the adapter's shader-f16.
+   */
+  storage?: Storage;
 }
 
 /**
@@ -61,7 +67,7 @@ export function gpuBackend(params: Params, mode: ForwardMode): Backend<Tensor> {
   };
   return {
     shape: (x) => x.shape,
-    conv: (x, w, b, stride, pad) => own(conv3d(x, p(w), b ? p(b) : null, stride, pad)),
+    conv: (x, w, b, stride, pad) => own(conv3d(x, p(w), b ? p(b) : null, stride, pad, mode.storage)),
     normAct: (x, w, b, slope) => act(instanceNormLeakyRelu(x, w ? p(w) : null, b ? p(b) : null, slope)),
     leakyRelu: (x, slope) => act(leakyRelu(x, slope)),
     maxPool2: (x) => own(maxPool2(x)),

@@ -12,10 +12,11 @@
 // Within a scope, `release()` frees a tensor its creator is done with as soon as no pending backward reads it (the
 // activation plan: an op's temporaries, and every intermediate of a forward without gradients, go at once).
 
-import { Gpu } from "../kernels/device.ts";
+import { Gpu, type Storage } from "../kernels/device.ts";
 import { addInto } from "../kernels/elementwise.ts";
 
-export type DType = "f32" | "u32";
+/** Element types: f16 is activation storage for inference (no gradients; see record). */
+export type DType = "f32" | "f16" | "u32";
 
 interface Node {
   inputs: Tensor[];
@@ -60,7 +61,7 @@ export class Tensor {
     this.shape = [...shape];
     this.size = shape.reduce((a, b) => a * b, 1);
     this.dtype = dtype;
-    this.#buffer = buffer ?? g.alloc(this.size * 4);
+    this.#buffer = buffer ?? g.alloc(this.bytes);
     scopes.at(-1)?.add(this);
   }
 
@@ -70,7 +71,7 @@ export class Tensor {
 
   static zeros(g: Gpu, shape: readonly number[], dtype: DType = "f32"): Tensor {
     const t = new Tensor(g, shape, dtype);
-    if (t.size) g.zero(t.buffer, 0, t.bytes);
+    if (t.size) g.zero(t.buffer, 0, Math.ceil(t.bytes / 4) * 4); // clears are whole 4-byte words
     return t;
   }
 
@@ -93,7 +94,7 @@ export class Tensor {
     return this.#buffer === null;
   }
   get bytes(): number {
-    return this.size * 4;
+    return this.size * (this.dtype === "f16" ? 2 : 4);
   }
 
   /** Marks this tensor (and later its grad) as outliving the current scope. */
@@ -154,11 +155,24 @@ export class Tensor {
   }
 }
 
-/** Reads several f32 tensors with one GPU round trip. */
+/** The storage type of a float tensor, for kernels (which take f32 or f16); `op` names the caller in the error. */
+export function storageOf(t: Tensor, op: string): Storage {
+  if (t.dtype === "u32") throw new Error(`${op}: [${t.shape}] holds u32 values, not floats`);
+  return t.dtype;
+}
+
+/** Throws unless every tensor stores f32: ops without f16 kernels name themselves and the offending shape. */
+export function f32Only(op: string, ...ts: Tensor[]) {
+  for (const t of ts) {
+    if (t.dtype === "f16") throw new Error(`${op}: [${t.shape}] is stored as f16; ${op} takes f32 tensors only`);
+  }
+}
+
+/** Reads several f32 or f16 tensors (as f32 values) with one GPU round trip. */
 export async function readAll(ts: Tensor[]): Promise<Float32Array[]> {
   if (!ts.length) return [];
   const bufs = await ts[0].gpu.read(ts.map((t) => ({ buffer: t.buffer, size: t.bytes })));
-  return bufs.map((b) => new Float32Array(b));
+  return bufs.map((b, i) => ts[i].dtype === "f16" ? Float32Array.from(new Float16Array(b)) : new Float32Array(b));
 }
 
 /** Runs fn with gradient recording off. */
@@ -187,6 +201,9 @@ export function record(
   saved: Tensor[],
 ) {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return;
+  if (out.dtype === "f16" || inputs.some((t) => t.dtype === "f16")) {
+    throw new Error("f16 storage is for inference: run the forward under noGrad (its kernels have no backward)");
+  }
   out.requiresGrad = true;
   out.node = { inputs, backward, saved };
   for (const t of saved) holds.set(t, (holds.get(t) ?? 0) + 1);

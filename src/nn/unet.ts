@@ -13,6 +13,7 @@ import { kaimingNormal } from "./init.ts";
 import { Params } from "./module.ts";
 import type { Rng } from "./rng.ts";
 import type { Weights } from "./safetensors.ts";
+import { cast } from "./ops/elementwise.ts";
 import type { Tensor } from "./tensor.ts";
 
 export type { ForwardMode } from "./backend.ts";
@@ -114,8 +115,19 @@ export class UNet {
     conv("conv_out", k, classes, 1, true);
   }
 
+  /** With f16 storage (inference), the logits come back as f32; the features stay f16. */
   forward(x: Tensor, mode: ForwardMode): GeneratorOutput {
-    return unetForward(gpuBackend(this.params, mode), x, this.config);
+    if (mode.storage === "f16") {
+      if (mode.training) throw new Error("UNet: f16 storage is for inference (eval mode), not training");
+      if (!x.gpu.features.has("shader-f16")) {
+        throw new Error(`UNet: f16 storage needs the adapter's shader-f16 feature, which ${x.gpu.adapterName} lacks`);
+      }
+    }
+    const out = unetForward(gpuBackend(this.params, mode), x, this.config);
+    if (mode.storage !== "f16") return out;
+    const logits = cast(out.logits, "f32");
+    out.logits.dispose();
+    return { logits, features: out.features };
   }
 }
 

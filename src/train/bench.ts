@@ -34,6 +34,8 @@ export interface BenchOptions {
   profile: boolean;
   /** Run on the null device: peak memory and dispatches only, no timings. */
   plan: boolean;
+  /** infer only: activations stored as f16. */
+  f16?: boolean;
 }
 
 /** One convolution of the networks: name, channels, kernel, stride, pad and input size. */
@@ -126,6 +128,7 @@ function baseFields(g: Gpu, o: BenchOptions) {
     mode: o.mode,
     size: o.size,
     k: o.k,
+    ...(o.f16 ? { storage: "f16" } : {}),
   };
 }
 
@@ -135,6 +138,7 @@ function baseFields(g: Gpu, o: BenchOptions) {
  */
 export async function runBench(o: BenchOptions, device?: Gpu): Promise<Record<string, unknown>[]> {
   if (o.plan && o.profile) throw new UsageError("--plan runs no kernel, so it cannot --profile");
+  if (o.f16 && o.mode !== "infer") throw new UsageError("--f16 applies to --mode infer only (f16 is for inference)");
   const g = device ?? (o.plan ? planGpu() : await gpu());
   let profiler: Profiler | null = null;
   if (o.profile) {
@@ -224,7 +228,9 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
       const teacher = net(4);
       try {
         g.resetPeak();
-        const step = () => scope(() => void noGrad(() => argmax(teacher.forward(xt, { training: false }).logits)));
+        const storage = o.f16 ? "f16" as const : "f32" as const;
+        const step = () =>
+          scope(() => void noGrad(() => argmax(teacher.forward(xt, { training: false, storage }).logits)));
         report(await time(g, o, step, profiler), {});
       } finally {
         teacher.params.dispose();
@@ -306,7 +312,8 @@ export const benchCommand: Command = {
     "  --warmup   untimed iterations first (default 2)\n" +
     "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)\n" +
     "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
-    "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)",
+    "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)\n" +
+    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)",
   options: {
     mode: { type: "string" },
     size: { type: "string" },
@@ -315,6 +322,7 @@ export const benchCommand: Command = {
     warmup: { type: "string" },
     profile: { type: "boolean" },
     plan: { type: "boolean" },
+    f16: { type: "boolean" },
   },
   run: async (v, pos) => {
     if (pos.length) throw new UsageError(`bench takes no positional arguments, got "${pos.join(" ")}"`);
@@ -330,6 +338,7 @@ export const benchCommand: Command = {
       warmup: intOpt(v.warmup, "--warmup", 0) ?? 2,
       profile: v.profile === true,
       plan: v.plan === true,
+      f16: v.f16 === true,
     });
     for (const r of results) console.log(JSON.stringify(r));
     return 0;

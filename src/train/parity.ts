@@ -33,6 +33,11 @@ import { backward, noGrad, readAll, scope, Tensor } from "../nn/tensor.ts";
 import { type FeaturePairs, UNet, type UNetConfig, unetForward } from "../nn/unet.ts";
 
 export const FORWARD_TOL = 1e-4;
+/**
+ * Logits with f16 activation storage (inference) against the reference: f16's unit roundoff (2^-11) for each of the
+ * about 50 activations stored along the U-Net's deepest path, a first-order bound on the accumulated rounding.
+ */
+export const F16_TOL = 50 * 2 ** -11;
 export const GRAD_TOL = 1e-3;
 const FEATURES = ["d2", "u3", "d3", "u4", "d4", "c5"] as const;
 
@@ -45,6 +50,9 @@ export interface ParityReport {
   tolerances: Record<string, number | null>;
   /** LeakyReLU outputs whose sign differs between the GPU's float32 pass and the float64 twin, per pass */
   kinkCrossings: { teacher: number; generatorStep: number; discriminatorStep: number };
+  /** With f16 activation storage: the fraction of voxels whose label (argmax) matches the reference's; null where
+   * the adapter has no shader-f16 (its logits errors are in `errors`, held to F16_TOL). */
+  f16LabelAgreement: { teacher: number; student: number } | null;
   failed: string[];
   ok: boolean;
 }
@@ -125,6 +133,7 @@ export async function runParity(dir: string): Promise<ParityReport> {
   const gpuGrads = { student: new Map<string, Float32Array>(), disc: new Map<string, Float32Array>() };
   const traces = { teacher: [] as Uint8Array[], gen: [] as Uint8Array[], disc: [] as Uint8Array[] };
   let stepped: StateDict = new Map(), steppedRef: StateDict = new Map();
+  let f16LabelAgreement: ParityReport["f16LabelAgreement"] = null;
   const signs = async (ts: Tensor[]) => (await readAll(ts)).map((a) => Uint8Array.from(a, (v) => v > 0 ? 1 : 0));
   try {
     await scope(async () => {
@@ -149,6 +158,22 @@ export async function runParity(dir: string): Promise<ParityReport> {
         });
       }
       disc.params.load(W.disc, `${dir}/discriminator.safetensors`);
+
+      // The f16-storage option (inference) on the same weights and inputs.
+      if (g.features.has("shader-f16")) {
+        f16LabelAgreement = await scope(async () => {
+          const half = { training: false, storage: "f16" as const };
+          const outs = noGrad(() => [teacher.forward(xt, half).logits, student.forward(xs, half).logits]);
+          const got = await readAll(outs);
+          const agree: number[] = [];
+          for (const [i, who] of (["teacher", "student"] as const).entries()) {
+            const ref = (await npy(`${who}_logits`)).data;
+            check(`${who}_logits (f16 storage)`, got[i], ref, F16_TOL);
+            agree.push(labelAgreement(got[i], ref, outs[i].shape[1]));
+          }
+          return { teacher: agree[0], student: agree[1] };
+        });
+      }
 
       // One HAD-Net generator step, as HAD_Net.py orders it, tracing every LeakyReLU output.
       const tTrace: Tensor[] = [], gTrace: Tensor[] = [], dTrace: Tensor[] = [];
@@ -286,5 +311,27 @@ export async function runParity(dir: string): Promise<ParityReport> {
     tolerances[key] = crossed.student ? null : 1e-3;
   }
   const failed = Object.keys(errors).filter((n) => tolerances[n] !== null && !(errors[n] <= tolerances[n]!));
-  return { fixture: dir, adapter: g.adapterName, errors, tolerances, kinkCrossings, failed, ok: failed.length === 0 };
+  return {
+    fixture: dir,
+    adapter: g.adapterName,
+    errors,
+    tolerances,
+    kinkCrossings,
+    f16LabelAgreement,
+    failed,
+    ok: failed.length === 0,
+  };
+}
+
+/** The fraction of voxels where two [1, C, ...] logit volumes pick the same class (first maximum on ties). */
+function labelAgreement(a: ArrayLike<number>, b: ArrayLike<number>, classes: number): number {
+  const n = a.length / classes;
+  const pick = (x: ArrayLike<number>, v: number) => {
+    let best = 0;
+    for (let c = 1; c < classes; c++) if (x[c * n + v] > x[best * n + v]) best = c;
+    return best;
+  };
+  let same = 0;
+  for (let v = 0; v < n; v++) if (pick(a, v) === pick(b, v)) same++;
+  return same / n;
 }

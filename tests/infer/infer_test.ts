@@ -17,7 +17,7 @@ import { readJsonl } from "../../src/data/progress.ts";
 import { Rng } from "../../src/nn/rng.ts";
 import { UNet } from "../../src/nn/unet.ts";
 import { saveModel } from "../../src/train/common.ts";
-import { python, testGpu } from "../util.ts";
+import { python, testGpu, testGpuF16 } from "../util.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SIZE: [number, number, number] = [40, 36, 30];
@@ -287,6 +287,26 @@ Deno.test("infer: --patch covering the padded volume equals whole-volume inferen
       assert.ok(u.every((v) => v >= 0 && v <= 100));
     }
     await assert.rejects(infer(f, `${f.dir}/bad`, f.student, f.sem32, "--patch", "16,20,16"), /multiples of 16/);
+  });
+});
+
+Deno.test("infer --f16: the same labels where the classes are far apart; windows and entropy run; not with MC", async () => {
+  await testGpuF16();
+  await withFixture(async (f) => {
+    const id = IDS[0];
+    const read = async (dir: string) => (await readNifti(`${f.dir}/${dir}/${id}.nii.gz`)).data;
+    // The ET-biased student's logits are ~1000 apart, far beyond f16's rounding: every label must agree.
+    assert.equal(await infer(f, `${f.dir}/f32`, f.studentEt, f.sem32, "--ids", id), 0);
+    assert.equal(await infer(f, `${f.dir}/f16`, f.studentEt, f.sem32, "--ids", id, "--f16"), 0);
+    assert.ok((await read("f32")).includes(4));
+    assert.deepEqual(await read("f16"), await read("f32"));
+    const args = ["--ids", id, "--f16", "--patch", "16,32,16", "--uncertainty", "entropy"];
+    assert.equal(await infer(f, `${f.dir}/win`, f.student, f.sem32, ...args), 0);
+    assert.ok((await read("win")).every((v) => [0, 1, 2, 4].includes(v)));
+    await assert.rejects(
+      infer(f, `${f.dir}/mc`, f.student, f.sem32, "--f16", "--uncertainty", "mc"),
+      /--f16 does not combine with --uncertainty mc/,
+    );
   });
 });
 

@@ -113,6 +113,15 @@ Deno.test("bench --plan: a HAD-Net step at 160x192x160, k=32 also plans within W
   assert.ok((r.peak_gib as number) <= MEMORY_TARGETS_GIB.hadnet, `peak ${r.peak_gib} GiB`);
 });
 
+Deno.test("bench --plan --f16: teacher inference at 160x192x160, k=32 in less memory than f32; infer only", async () => {
+  const [f32] = await cli({ mode: "infer", plan: true, iters: "1", warmup: "1" });
+  const [f16] = await cli({ mode: "infer", plan: true, f16: true, iters: "1", warmup: "1" });
+  assert.equal(f16.storage, "f16");
+  // Activations halve; the parameters, the input and the f32 logits do not.
+  assert.ok((f16.peak_gib as number) < 0.6 * (f32.peak_gib as number), `${f16.peak_gib} vs ${f32.peak_gib} GiB`);
+  await assert.rejects(() => benchCommand.run({ mode: "pretrain", f16: true }, []), /--f16 applies to --mode infer/);
+});
+
 Deno.test("bench --plan refuses --profile", async () => {
   await assert.rejects(() => benchCommand.run({ plan: true, profile: true }, []), /--plan runs no kernel/);
 });

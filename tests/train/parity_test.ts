@@ -2,7 +2,7 @@
 // made here by Debian's PyTorch 1.13 (k = 3, not a multiple of 4; 40x32x48, not a multiple of 16, so the U-Net's
 // nearest resizes see non-integer ratios; .pth files written by an older torch.save).
 import assert from "node:assert/strict";
-import { runParity } from "../../src/train/parity.ts";
+import { F16_TOL, runParity } from "../../src/train/parity.ts";
 
 const SHARED = new URL("../../../shared/fixtures/pytorch-golden", import.meta.url).pathname;
 const ANCHOR = new URL("../../../shared/anchors/torch_reference.py", import.meta.url).pathname;
@@ -24,6 +24,9 @@ function assertParity(r: Awaited<ReturnType<typeof runParity>>) {
     assert.ok(r.kinkCrossings.teacher + r.kinkCrossings.generatorStep > 0);
   }
   if (unheld.some((n) => n.startsWith("disc"))) assert.ok(r.kinkCrossings.discriminatorStep > 0);
+  // The f16-storage option (inference): both networks' logits held to F16_TOL; label agreement reported.
+  assert.ok(r.f16LabelAgreement, `f16 storage unchecked: ${r.adapter} has no shader-f16 (Debian: mesa-vulkan-drivers)`);
+  for (const who of ["teacher", "student"]) assert.equal(r.tolerances[`${who}_logits (f16 storage)`], F16_TOL);
 }
 
 Deno.test("parity with the shared PyTorch golden fixtures (.pth and .safetensors)", async () => {

@@ -1,9 +1,10 @@
 // Autodiff wrappers for channel concatenation and channel slicing.
 import * as K from "../../kernels/concat.ts";
-import { record, Tensor } from "../tensor.ts";
+import { f32Only, record, Tensor } from "../tensor.ts";
 
 /** Concatenates [N,C_i,D,H,W] tensors along channels (dim 1). */
 export function concat(xs: Tensor[]): Tensor {
+  f32Only("concat", ...xs);
   const { N, L } = K.checkChannels("concat", xs.map((x) => x.shape));
   const g = xs[0].gpu;
   const C = xs.reduce((a, x) => a + x.shape[1], 0);
@@ -26,6 +27,7 @@ export function concat(xs: Tensor[]): Tensor {
 
 /** Channels [start, start + count) of an [N,C,D,H,W] tensor. */
 export function sliceChannels(x: Tensor, start: number, count: number): Tensor {
+  f32Only("sliceChannels", x);
   const { N, L } = K.checkChannels("sliceChannels", [x.shape]);
   const [, C, D, H, W] = x.shape;
   if (!(Number.isInteger(start) && Number.isInteger(count) && start >= 0 && count >= 0 && start + count <= C)) {

@@ -1,17 +1,26 @@
 // Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts).
 import * as K from "../../kernels/conv3d.ts";
-import { record, Tensor } from "../tensor.ts";
+import type { Storage } from "../../kernels/device.ts";
+import { record, storageOf, Tensor } from "../tensor.ts";
 
 /**
- * y = conv3d(x, w) + b for x [N,Cin,D,H,W], w [Cout,Cin,k,k,k], b [Cout] or null. Backward computes only the
+ * y = conv3d(x, w) + b for x [N,Cin,D,H,W], w [Cout,Cin,k,k,k], b [Cout] or null; y is stored as `out` (f16 only
+ * without gradients: inference). Backward computes only the
  * gradients whose inputs require grad (new tensors, assigned), so it saves x only when w takes a gradient and w only
  * when x does (decided here, at the forward, as PyTorch does).
  */
-export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, stride: 1 | 2, pad: number): Tensor {
+export function conv3d(
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  stride: 1 | 2,
+  pad: number,
+  out: Storage = "f32",
+): Tensor {
   const s = K.conv3dShape(x.shape, w.shape, b?.shape ?? null, stride, pad);
   const g = x.gpu;
-  const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
-  K.conv3dForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer);
+  const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow], out);
+  K.conv3dForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer, [storageOf(x, "conv3d"), out]);
   const [needDx, needDw, needDb] = [x.requiresGrad, w.requiresGrad, !!b?.requiresGrad];
   record(y, b ? [x, w, b] : [x, w], (dy) => {
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;

@@ -1,7 +1,7 @@
 // Autodiff wrapper for channel dropout.
 import * as K from "../../kernels/dropout.ts";
 import { type Rng } from "../rng.ts";
-import { record, Tensor } from "../tensor.ts";
+import { f32Only, record, Tensor } from "../tensor.ts";
 
 /**
  * PyTorch Dropout3d in training mode on [N,C,D,H,W] x: whole (n, c) planes zeroed with probability p (one
@@ -11,6 +11,7 @@ export function dropout3d(x: Tensor, p: number, rng: Rng): Tensor {
   if (x.shape.length !== 5) throw new Error(`dropout3d: x [${x.shape}] must be [N,C,D,H,W]`);
   const [N, C, D, H, W] = x.shape;
   if (p === 0) return x; // as PyTorch: no draw, no copy
+  f32Only("dropout3d", x);
   const g = x.gpu;
   const mask = Tensor.from(g, [N * C], K.dropoutMask(N * C, p, rng));
   const y = Tensor.empty(g, x.shape);

@@ -4,10 +4,11 @@ import * as E from "../../kernels/elementwise.ts";
 import * as K from "../../kernels/loss.ts";
 import * as R from "../../kernels/reduce.ts";
 import * as S from "../../kernels/softmax.ts";
-import { record, Tensor } from "../tensor.ts";
+import { f32Only, record, Tensor } from "../tensor.ts";
 
 /** Softmax over the channels of [N, C, D, H, W] logits (no gradient). */
 export function softmax(logits: Tensor): Tensor {
+  f32Only("softmax", logits);
   const y = Tensor.empty(logits.gpu, logits.shape);
   S.softmax(logits.gpu, logits.buffer, y.buffer, logits.shape);
   return y;
@@ -15,6 +16,7 @@ export function softmax(logits: Tensor): Tensor {
 
 /** First index of the largest channel: u32 [N, D, H, W] from [N, C, D, H, W] logits. */
 export function argmax(logits: Tensor): Tensor {
+  f32Only("argmax", logits);
   S.channelShape("argmax", logits.shape);
   const [N, , D, H, W] = logits.shape;
   const y = Tensor.empty(logits.gpu, [N, D, H, W], "u32");
@@ -28,6 +30,7 @@ export function argmax(logits: Tensor): Tensor {
  * so an out-of-range label is not thrown here: it makes the loss NaN (and the logits' gradient at that voxel).
  */
 export function crossEntropy(logits: Tensor, labels: Tensor, weights: number[]): Tensor {
+  f32Only("crossEntropy", logits);
   const g = logits.gpu;
   S.channelShape("crossEntropy", logits.shape);
   const [N, , D, H, W] = logits.shape, want = [N, D, H, W];
@@ -60,6 +63,7 @@ export function crossEntropy(logits: Tensor, labels: Tensor, weights: number[]):
 
 /** mean((x - target)^2) as a scalar [1]; gradients to x and to a target tensor that requires grad. */
 export function mse(x: Tensor, target: number | Tensor): Tensor {
+  f32Only("mse", x);
   const g = x.gpu;
   if (typeof target !== "number" && target.shape.join() !== x.shape.join()) {
     throw new Error(`mse: target [${target.shape}] does not match x [${x.shape}]`);
@@ -81,6 +85,7 @@ export function mse(x: Tensor, target: number | Tensor): Tensor {
 
 /** Sum of all elements as a scalar [1]; the gradient broadcasts the upstream scalar. */
 export function sumAll(x: Tensor): Tensor {
+  f32Only("sumAll", x);
   const g = x.gpu;
   const y = Tensor.empty(g, [1]);
   R.sum(g, x.buffer, x.size, y.buffer);

@@ -1,6 +1,6 @@
 // Autodiff wrappers for instance normalisation (PyTorch InstanceNorm3d) and its fusion with LeakyReLU.
 import * as K from "../../kernels/norm.ts";
-import { record, Tensor } from "../tensor.ts";
+import { record, storageOf, Tensor } from "../tensor.ts";
 
 /**
  * act((x - mean) / sqrt(var + eps) * weight + bias) per (n, c) plane of an [N,C,D,H,W] x, act = LeakyReLU(slope)
@@ -13,8 +13,9 @@ export function instanceNormLeakyRelu(x: Tensor, weight: Tensor | null, bias: Te
   const { N, C } = K.normShape("instanceNorm", x.shape, affine && [affine.weight.size, affine.bias.size]);
   const bufs = affine && { weight: affine.weight.buffer, bias: affine.bias.buffer };
   const stats = Tensor.empty(g, [N * C, 2]);
-  const y = Tensor.empty(g, x.shape);
-  K.instanceNormForward(g, x.buffer, y.buffer, stats.buffer, bufs, x.shape, slope);
+  const t = storageOf(x, "instanceNorm");
+  const y = Tensor.empty(g, x.shape, t);
+  K.instanceNormForward(g, x.buffer, y.buffer, stats.buffer, bufs, x.shape, slope, t);
   record(y, affine ? [x, affine.weight, affine.bias] : [x], (dz) => {
     const dx = Tensor.empty(g, x.shape);
     const dw = affine && Tensor.empty(g, [C]), db = affine && Tensor.empty(g, [C]);
