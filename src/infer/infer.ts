@@ -468,6 +468,9 @@ async function segmentSubject(
  * the others go on. infer.jsonl in the output folder gets the options, one line per subject, then a summary.
  */
 export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummary> {
+  if (o.f16 && !g.features.has("shader-f16")) {
+    throw new Error(`--f16 needs the adapter's shader-f16 feature, which ${g.adapterName} lacks`);
+  }
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
   const semantics = await loadSemantics(o.semantics);
   const channels = o.role === "teacher" ? semantics.teacherChannels : semantics.studentChannels;

@@ -4,7 +4,8 @@
 // infer (teacher forward without gradients + argmax), pretrain (student forward, backward, AdamW step), hadnet (one
 // HadnetTrainer step). One JSON line per result with the reference's fields (impl, device, mode, size, k, ms_median,
 // ms_all, peak_gib) plus the adapter and dispatches per iteration. Each iteration is bracketed by `gpu.sync()` so
-// the time covers the GPU work; peak_gib is the device pool's peak (live storage buffers, parameters included).
+// the time covers the GPU work; peak_gib is the peak of live storage buffers (parameters included), reserved_gib the
+// peak of all the pool's buffers.
 // --profile adds GPU time per kernel from timestamp queries (src/kernels/profile.ts). --plan runs the mode on the null
 // device (src/kernels/null_device.ts): no kernel runs, so it reports only the memory plan's peak and the dispatch
 // count, at any size, without a GPU.
@@ -164,6 +165,7 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
       ms_all: o.plan ? null : r.ms,
       ...(flop && !o.plan ? { tflops: flop / (med * 1e-3) / 1e12 } : {}),
       peak_gib: g.memory().peak / GIB,
+      reserved_gib: g.memory().reservedPeak / GIB,
       dispatches: r.dispatches,
     });
     const total = r.kernels?.reduce((a, x) => a + x.ms, 0) ?? 0;
@@ -302,7 +304,8 @@ export const benchCommand: Command = {
     "[--profile]\n\n" +
     "Prints one JSON line per result with the fields of ../shared/anchors/torch_reference.py bench (impl, device, " +
     "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
-    "between GPU syncs, peak_gib is the peak of hadnet's GPU buffer pool.\n\n" +
+    "between GPU syncs; peak_gib is the peak of live GPU buffers (as PyTorch's max_memory_allocated), reserved_gib\n" +
+    "the peak of all buffers hadnet's pool holds (as PyTorch's reserved memory).\n\n" +
     "  --mode     conv: every convolution of the U-Net and the discriminator, forward, input and weight gradients,\n" +
     "             with TFLOP/s; infer: teacher forward (no gradients) + argmax; pretrain: student forward, backward\n" +
     "             and AdamW step; hadnet: one HAD-Net step (teacher, student and discriminator) (default hadnet)\n" +

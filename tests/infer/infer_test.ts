@@ -10,7 +10,8 @@ import { encodeNifti, type NiftiImage, parseNifti, readNifti } from "../../src/d
 import { marginMeta, preprocessDataset, preprocessImages, restoreToOriginal } from "../../src/data/preprocess.ts";
 import { writeSynthDataset } from "../../src/data/synth.ts";
 import { synthGeometry } from "../../src/data/synth.ts";
-import { copyBox, fitBox, gaussianWindow, unfit, windowStarts } from "../../src/infer/infer.ts";
+import { copyBox, fitBox, gaussianWindow, runInference, unfit, windowStarts } from "../../src/infer/infer.ts";
+import { Gpu } from "../../src/kernels/device.ts";
 import { components26, regionUncertainty, relabelSmallEt } from "../../src/infer/postprocess.ts";
 import { saveSafetensors } from "../../src/nn/safetensors.ts";
 import { readJsonl } from "../../src/data/progress.ts";
@@ -291,8 +292,13 @@ Deno.test("infer: --patch covering the padded volume equals whole-volume inferen
 });
 
 Deno.test("infer --f16: the same labels where the classes are far apart; windows and entropy run; not with MC", async () => {
-  await testGpuF16();
+  const g = await testGpuF16();
   await withFixture(async (f) => {
+    // An adapter without shader-f16 (this one, its feature hidden) is one error before any subject is touched.
+    const plain = new Gpu(g.device, "a plain adapter", false, new Set());
+    const o = { input: f.raw, out: `${f.dir}/none`, model: f.student, semantics: f.sem32, role: "student" as const };
+    const rest = { force: false, overlap: 0.5, mcSamples: 1, dropout: 0.2, seed: 0, f16: true };
+    await assert.rejects(runInference(plain, { ...o, ...rest }), /--f16 needs .*shader-f16.*a plain adapter lacks/);
     const id = IDS[0];
     const read = async (dir: string) => (await readNifti(`${f.dir}/${dir}/${id}.nii.gz`)).data;
     // The ET-biased student's logits are ~1000 apart, far beyond f16's rounding: every label must agree.

@@ -84,6 +84,9 @@ for (const [mode, target] of Object.entries(MEMORY_TARGETS_GIB)) {
     assert.match(String(r.device), /null device/);
     assert.ok((r.peak_gib as number) > 1, `peak ${r.peak_gib} GiB is implausibly small`);
     assert.ok((r.peak_gib as number) <= target, `peak ${r.peak_gib} GiB over ${target} GiB`);
+    // What the pool holds (free buffers too) also stays within the target, and never below what is live.
+    assert.ok((r.reserved_gib as number) <= target, `reserved ${r.reserved_gib} GiB over ${target} GiB`);
+    assert.ok((r.reserved_gib as number) >= (r.peak_gib as number));
   });
 }
 
