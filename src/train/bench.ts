@@ -126,6 +126,8 @@ function baseFields(g: Gpu, o: BenchOptions) {
     deno: Deno.version.deno,
     device: g.adapterName,
     adapter: `WebGPU ${g.adapterName}${g.isFallback ? " (fallback adapter)" : ""}`,
+    // Tells adapters with one name apart (llvmpipe through GL has no shader-f16; lavapipe, through Vulkan, has).
+    features: ["shader-f16", "timestamp-query"].filter((f) => g.features.has(f)),
     mode: o.mode,
     size: o.size,
     k: o.k,

@@ -28,7 +28,7 @@ for (const mode of BENCH_MODES) {
     const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
     assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 : 1);
     for (const r of rows) {
-      for (const f of [...REFERENCE_FIELDS, "adapter", "dispatches"]) {
+      for (const f of [...REFERENCE_FIELDS, "adapter", "features", "dispatches", "reserved_gib"]) {
         assert.ok(f in r, `field ${f} in ${JSON.stringify(r)}`);
       }
       assert.equal(r.impl, "hadnet");
