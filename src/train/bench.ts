@@ -12,6 +12,7 @@
 
 import { type Command, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
+import { channelsLastEligible, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
 import { Profiler } from "../kernels/profile.ts";
@@ -201,15 +202,20 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
         const dx = Tensor.empty(g, xs), dw = Tensor.empty(g, ws);
         K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer); // y doubles as dy for the gradients
         const flop = 2 * c.cout * c.cin * c.kernel ** 3 * s.od * s.oh * s.ow;
-        const passes: [string, () => void][] = [
-          ["forward", () => K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer)],
-          ["input_grad", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
-          ["weight_grad", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
+        const passes: [string, string, () => void][] = [
+          ["forward", "gather", () => K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer)],
+          ["input_grad", "gather", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
+          ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
         ];
+        // The channels-last candidate (src/kernels/conv3d_cl.ts), timed beside the gather kernel where it applies.
+        if (channelsLastEligible(g, s)) {
+          const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
+          passes.splice(1, 0, ["forward", "channels-last", fn]);
+        }
         const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
-        for (const [pass, fn] of passes) {
+        for (const [pass, variant, fn] of passes) {
           g.resetPeak();
-          report(await time(g, o, fn, profiler), { conv: c.name, shape, pass }, flop);
+          report(await time(g, o, fn, profiler), { conv: c.name, shape, pass, variant }, flop);
         }
       });
     }

@@ -1,0 +1,204 @@
+// conv3d forward, 3x3x3 stride 1 pad 1, as a channels-last implicit GEMM: a candidate for real GPUs, measured against
+// the NCDHW gather kernel by `bench --mode conv` (a `variant` field), not yet chosen by the networks. Its design is
+// ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5 TFLOP/s on an H100 at the U-Net's first two
+// levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) its speed ranged from 0.4x (16k -> 8k at 2^3 voxels, one
+// mostly idle tile) to 1.8x (4k -> 4k at 8^3) the gather kernel's.
+//
+// Layouts: x [N,Cin,D,H,W] and y [N,Cout,D,H,W] (NCDHW, as everywhere) are transposed around the GEMM: xt [V][Cin] and
+// yt [V][Cout] per sample (V = D*H*W), weights reordered to [27][Cin][Cout] (tap-major K). The GEMM: a workgroup of
+// 256 threads takes 256 voxels x all Cout; each thread 8 voxels x Cout/8 channels in named vec4 accumulators; K runs
+// over taps, then input channels in steps of 16 staged in workgroup memory (inputs as [16][256 voxels], weights as
+// [16][Cout]). The transpose back adds the bias. Eligible: Cin a multiple of 16, Cout of 32 and at most 128 (more
+// accumulators spill), every operand within one binding. Forward only; nothing is saved.
+
+import type { Conv3dShape } from "./conv3d.ts";
+import { type Gpu, type Kernel } from "./device.ts";
+
+const BM = 256, BK = 16;
+
+/** Whether the channels-last kernel takes this convolution (see the header). */
+export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
+  const v = s.d * s.h * s.w;
+  return s.k === 3 && s.stride === 1 && s.pad === 1 && s.cin % BK === 0 && s.cout % 32 === 0 && s.cout <= 128 &&
+    s.n * Math.max(s.cin, s.cout) * v * 4 <= g.maxBinding && 27 * s.cin * s.cout * 4 <= g.maxBinding;
+}
+
+function gemmKernel(s: Conv3dShape): Kernel {
+  const { cin, cout, d, h, w } = s;
+  const v = d * h * w, nv = cout / 32;
+  const acc: string[] = [];
+  for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
+  let inner = "";
+  for (let kk = 0; kk < BK; kk++) {
+    inner += `{ let a0 = As[${kk * 64}u + rg * 2u]; let a1 = As[${kk * 64}u + rg * 2u + 1u];\n`;
+    for (let j = 0; j < nv; j++) inner += `  let b${j} = Bs[${kk * (cout / 4)}u + cg * ${nv}u + ${j}u];\n`;
+    for (let r = 0; r < 8; r++) {
+      for (let j = 0; j < nv; j++) {
+        inner += `  c${r}_${j} = fma(vec4f(${r < 4 ? "a0" : "a1"}.${"xyzw"[r % 4]}), b${j}, c${r}_${j});\n`;
+      }
+    }
+    inner += "}\n";
+  }
+  let stores = "";
+  for (let r = 0; r < 8; r++) {
+    stores += `{ let o = vb + rg * 8u + ${r}u; if (o < ${v}u) {`;
+    for (let j = 0; j < nv; j++) stores += ` Y[o * ${cout / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
+    stores += " } }\n";
+  }
+  // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
+  let rows = "", loads = "";
+  for (let i = 0; i < 4; i++) {
+    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${h * w}u); ` +
+      `let y${i} = i32((v${i} / ${w}u) % ${h}u); let x${i} = i32(v${i} % ${w}u);\n`;
+    loads += `{ let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx; var a = vec4f(0.0);
+      if (v${i} < ${v}u && zz >= 0 && zz < ${d} && yy >= 0 && yy < ${h} && xx >= 0 && xx < ${w}) {
+        a = X[((u32(zz) * ${h * w}u + u32(yy) * ${w}u + u32(xx)) * ${cin}u + ci0) / 4u + t % 4u];
+      }
+      let row = t / 4u + ${64 * i}u; let kq = (t % 4u) * 4u;
+      As[kq * 64u + row / 4u][row % 4u] = a.x; As[(kq + 1u) * 64u + row / 4u][row % 4u] = a.y;
+      As[(kq + 2u) * 64u + row / 4u][row % 4u] = a.z; As[(kq + 3u) * 64u + row / 4u][row % 4u] = a.w; }\n`;
+  }
+  const bvecs = BK * cout / 4;
+  return {
+    name: `conv3d_cl_gemm_${cin}x${cout}_${d}x${h}x${w}`,
+    wgsl: `
+@group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][Cin]
+@group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [27][Cin][Cout]
+@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [V][Cout]
+struct U { gridx: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
+var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][Cout]
+@compute @workgroup_size(${BM})
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
+  let vb = (wg.y * u.gridx + wg.x) * ${BM}u;
+  let rg = t / 8u;
+  let cg = t % 8u;
+  ${rows}
+  ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
+  for (var tap = 0u; tap < 27u; tap++) {
+    let dz = i32(tap / 9u) - 1; let dy = i32((tap / 3u) % 3u) - 1; let dx = i32(tap % 3u) - 1;
+    for (var ci0 = 0u; ci0 < ${cin}u; ci0 += ${BK}u) {
+      ${loads}
+      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[((tap * ${cin}u + ci0) * ${cout}u) / 4u + e]; }
+      workgroupBarrier();
+      ${inner}
+      workgroupBarrier();
+    }
+  }
+  ${stores}
+}`,
+  };
+}
+
+/** T[dst + j * rows + i] = S[src + i * cols + j] (+ B[j] when bias): a [rows][cols] matrix transposed. */
+const TRANSPOSE: Kernel = {
+  name: "conv3d_cl_transpose",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> S: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read_write> T: array<f32>;
+struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+var<workgroup> tile: array<array<f32, 17>, 16>; // 17: no bank conflicts on the transposed read
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
+  let i = wg.y * 16u + l.y; // source row
+  let j = wg.x * 16u + l.x; // source column
+  if (i < u.rows && j < u.cols) { tile[l.y][l.x] = S[u.src + i * u.cols + j]; }
+  workgroupBarrier();
+  let ti = wg.x * 16u + l.y; // destination row (a source column)
+  let tj = wg.y * 16u + l.x; // destination column (a source row)
+  if (ti < u.cols && tj < u.rows) {
+    var r = tile[l.x][l.y];
+    if (u.bias != 0u) { r += B[ti]; }
+    T[u.dst + ti * u.rows + tj] = r;
+  }
+}`,
+};
+
+/** w [Cout][Cin][27] -> wt [27][Cin][Cout]. */
+const REORDER: Kernel = {
+  name: "conv3d_cl_weights",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> W: array<f32>;
+@group(0) @binding(1) var<storage, read_write> T: array<f32>;
+struct U { cin: u32, cout: u32, n: u32, gridx: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3u) {
+  let e = id.y * u.gridx * 256u + id.x; // index into T: (tap * cin + ci) * cout + co
+  if (e >= u.n) { return; }
+  let co = e % u.cout;
+  let ci = (e / u.cout) % u.cin;
+  let tap = e / (u.cout * u.cin);
+  T[e] = W[(co * u.cin + ci) * 27u + tap];
+}`,
+};
+
+/** A [rows][cols] matrix at element `src` of one buffer, transposed into another at element `dst` (+ bias). */
+function transpose(
+  g: Gpu,
+  src: [GPUBuffer, number],
+  dst: [GPUBuffer, number],
+  rows: number,
+  cols: number,
+  bias: GPUBuffer | null,
+) {
+  g.dispatch(
+    TRANSPOSE,
+    [
+      { buffer: src[0], size: (src[1] + rows * cols) * 4 },
+      bias ? { buffer: bias } : { buffer: src[0], size: 4 },
+      { buffer: dst[0], size: (dst[1] + rows * cols) * 4 },
+    ],
+    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], 0, 0, 0]),
+    [Math.ceil(cols / 16), Math.ceil(rows / 16), 1],
+  );
+}
+
+/** y = conv3d(x, w) + b (3x3x3, stride 1, pad 1) through the channels-last GEMM; s must be eligible. */
+export function conv3dForwardChannelsLast(
+  g: Gpu,
+  s: Conv3dShape,
+  x: GPUBuffer,
+  w: GPUBuffer,
+  b: GPUBuffer | null,
+  y: GPUBuffer,
+) {
+  if (!channelsLastEligible(g, s)) {
+    throw new Error(
+      `conv3d channels-last: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} ` +
+        `is not eligible (3x3x3 stride 1 pad 1, Cin % 16, Cout % 32, Cout <= 128, one binding per operand)`,
+    );
+  }
+  const v = s.d * s.h * s.w, m = 27 * s.cin * s.cout;
+  const wt = g.alloc(m * 4), xt = g.alloc(v * s.cin * 4), yt = g.alloc(v * s.cout * 4);
+  const rgrid = Math.min(Math.ceil(m / 256), g.maxWorkgroupsPerDim);
+  g.dispatch(
+    REORDER,
+    [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }],
+    new Uint32Array([s.cin, s.cout, m, rgrid]),
+    [
+      rgrid,
+      Math.ceil(m / 256 / rgrid),
+      1,
+    ],
+  );
+  const groups = Math.ceil(v / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
+  const kernel = gemmKernel(s);
+  for (let n = 0; n < s.n; n++) {
+    transpose(g, [x, n * s.cin * v], [xt, 0], s.cin, v, null); // [Cin][V] -> [V][Cin]
+    const gemm = [{ buffer: xt, size: v * s.cin * 4 }, { buffer: wt, size: m * 4 }, {
+      buffer: yt,
+      size: v * s.cout * 4,
+    }];
+    g.dispatch(kernel, gemm, new Uint32Array([gx, 0, 0, 0]), [
+      gx,
+      Math.ceil(groups / gx),
+      1,
+    ]);
+    transpose(g, [yt, 0], [y, n * s.cout * v], v, s.cout, b); // [V][Cout] -> [Cout][V], + bias
+  }
+  for (const t of [wt, xt, yt]) g.free(t);
+}

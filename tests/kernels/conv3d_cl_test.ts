@@ -1,0 +1,42 @@
+// The channels-last conv3d candidate against the float64 reference: odd sizes (V not a multiple of the 256-voxel
+// tile), N=2, bias or none, 16 -> 32, 32 -> 64 and 16 -> 128 channels; and its eligibility rule.
+import assert from "node:assert/strict";
+import * as K from "../../src/kernels/conv3d.ts";
+import { channelsLastEligible, conv3dForwardChannelsLast } from "../../src/kernels/conv3d_cl.ts";
+import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
+import { assertClose, rand, testGpu } from "../util.ts";
+
+async function check(xs: number[], cout: number, bias: boolean) {
+  const g = await testGpu();
+  await scope(async () => {
+    const ws = [cout, xs[1], 3, 3, 3];
+    const s = K.conv3dShape(xs, ws, bias ? [cout] : null, 1, 1);
+    assert.ok(channelsLastEligible(g, s));
+    const xv = rand(xs.reduce((a, b) => a * b), 51), wv = rand(ws.reduce((a, b) => a * b), 52), bv = rand(cout, 53);
+    const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), b = Tensor.from(g, [cout], bv);
+    const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
+    conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, bias ? b.buffer : null, y.buffer);
+    const [got] = await readAll([y]);
+    assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `channels-last [${xs}] -> ${cout}`);
+  });
+}
+
+Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and without bias", async () => {
+  await check([2, 16, 5, 6, 7], 32, true);
+  await check([1, 32, 7, 5, 9], 64, false);
+  await check([1, 16, 3, 4, 5], 128, true);
+});
+
+Deno.test("conv3d channels-last takes only 3x3x3 stride 1 with Cin % 16, Cout % 32 <= 128, and says why not", async () => {
+  const g = await testGpu();
+  const shape = (cin: number, cout: number, k = 3, stride = 1, pad = 1) =>
+    K.conv3dShape([1, cin, 8, 8, 8], [cout, cin, k, k, k], null, stride, pad);
+  assert.ok(channelsLastEligible(g, shape(32, 32)));
+  for (const s of [shape(24, 32), shape(32, 48), shape(32, 256), shape(32, 32, 4, 2, 1), shape(32, 32, 1, 1, 0)]) {
+    assert.equal(channelsLastEligible(g, s), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
+  }
+  const x = g.alloc(4), y = g.alloc(4);
+  assert.throws(() => conv3dForwardChannelsLast(g, shape(24, 32), x, x, null, y), /\[1,24,8,8,8\] -> 32.*not eligible/);
+  g.free(x);
+  g.free(y);
+});
