@@ -12,7 +12,7 @@
 // accumulators spill), every operand within one binding. Forward only; nothing is saved.
 
 import type { Conv3dShape } from "./conv3d.ts";
-import { type Gpu, type Kernel } from "./device.ts";
+import { type Gpu, grid1d, type Kernel } from "./device.ts";
 
 const BM = 256, BK = 16;
 
@@ -174,17 +174,9 @@ export function conv3dForwardChannelsLast(
   }
   const v = s.d * s.h * s.w, m = 27 * s.cin * s.cout;
   const wt = g.alloc(m * 4), xt = g.alloc(v * s.cin * 4), yt = g.alloc(v * s.cout * 4);
-  const rgrid = Math.min(Math.ceil(m / 256), g.maxWorkgroupsPerDim);
-  g.dispatch(
-    REORDER,
-    [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }],
-    new Uint32Array([s.cin, s.cout, m, rgrid]),
-    [
-      rgrid,
-      Math.ceil(m / 256 / rgrid),
-      1,
-    ],
-  );
+  const rgrid = grid1d(g, Math.ceil(m / 256));
+  const rw = [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }];
+  g.dispatch(REORDER, rw, new Uint32Array([s.cin, s.cout, m, rgrid[0]]), rgrid);
   const groups = Math.ceil(v / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
   const kernel = gemmKernel(s);
   for (let n = 0; n < s.n; n++) {

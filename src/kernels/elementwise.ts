@@ -86,7 +86,7 @@ function run(g: Gpu, k: Kernel, bufs: GPUBuffer[], n: number, a = 0, b = 0, type
 export function add(g: Gpu, x: GPUBuffer, z: GPUBuffer, y: GPUBuffer, n: number, t: Storage = "f32") {
   run(g, ADD[t], [x, z, y], n, 0, 0, [t, t, t]);
 }
-/** y = x over n elements, converted from f32 to f16 storage or back (f16 rounds to nearest even). */
+/** y = x over n elements, converted from f32 to f16 storage (to a nearest f16) or back (exact). */
 export function cast(g: Gpu, x: GPUBuffer, y: GPUBuffer, n: number, to: Storage) {
   if (to === "f32") run(g, CAST.f32, [x, y], n, 0, 0, ["f16", "f32"]);
   else run(g, CAST.f16, [x, y], n, 0, 0, ["f32", "f16"]);
