@@ -135,7 +135,7 @@ export class Tensor {
   /** A tensor sharing nothing with the graph: same values, no node (copies the buffer). */
   detach(): Tensor {
     const t = new Tensor(this.gpu, this.shape, this.dtype);
-    if (this.size) this.gpu.copy(this.buffer, 0, t.buffer, 0, this.bytes);
+    if (this.size) this.gpu.copy(this.buffer, 0, t.buffer, 0, Math.ceil(this.bytes / 4) * 4); // whole 4-byte words
     return t;
   }
 
