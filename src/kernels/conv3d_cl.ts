@@ -1,15 +1,17 @@
-// conv3d forward, 3x3x3 stride 1 pad 1, as a channels-last implicit GEMM: a candidate for real GPUs, measured against
-// the NCDHW gather kernel by `bench --mode conv` (a `variant` field), not yet chosen by the networks. Its design is
-// ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5 TFLOP/s on an H100 at the U-Net's first two
-// levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) its speed ranged from 0.4x (16k -> 8k at 2^3 voxels, one
-// mostly idle tile) to 1.8x (4k -> 4k at 8^3) the gather kernel's.
+// conv3d 3x3x3 stride 1 pad 1, forward and input gradient, as a channels-last implicit GEMM: candidates for real GPUs,
+// timed against the NCDHW gather kernel by `bench --mode conv` (a `variant` field), not yet chosen by the networks.
+// The design is ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5 TFLOP/s on an H100 at the
+// U-Net's first two levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) the forward ran at 0.35x (16k -> 8k at 2^3
+// voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.
 //
-// Layouts: x [N,Cin,D,H,W] and y [N,Cout,D,H,W] (NCDHW, as everywhere) are transposed around the GEMM: xt [V][Cin] and
-// yt [V][Cout] per sample (V = D*H*W), weights reordered to [27][Cin][Cout] (tap-major K). The GEMM: a workgroup of
-// 256 threads takes 256 voxels x all Cout; each thread 8 voxels x Cout/8 channels in named vec4 accumulators; K runs
-// over taps, then input channels in steps of 16 staged in workgroup memory (inputs as [16][256 voxels], weights as
-// [16][Cout]). The transpose back adds the bias. Eligible: Cin a multiple of 16, Cout of 32 and at most 128 (more
-// accumulators spill), every operand within one binding. Forward only; nothing is saved.
+// Layouts: the source [N,K,D,H,W] and the result [N,N',D,H,W] (NCDHW, as everywhere) are transposed around the GEMM
+// to [V][K] and [V][N'] per sample (V = D*H*W); the weights are reordered to [27][K][N'] (tap-major K). Forward: K =
+// Cin, N' = Cout, weights transposed. Input gradient: the source is dy, K = Cout, N' = Cin, and the taps reversed (the
+// transposed convolution of a 3x3x3 pad-1 stride-1 one is such a convolution). The GEMM: a workgroup of 256 threads
+// takes 256 voxels x all N'; each thread 8 voxels x N'/8 channels in named vec4 accumulators; K runs over taps, then
+// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][N']). The transpose back adds the bias.
+// Eligible: K a multiple of 16, N' of 32 and at most 128 (more accumulators spill), every operand within one binding.
+// Nothing is saved; the weight gradient stays with the split-K kernel.
 
 import type { Conv3dShape } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
@@ -23,8 +25,8 @@ export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
     s.n * Math.max(s.cin, s.cout) * v * 4 <= g.maxBinding && 27 * s.cin * s.cout * 4 <= g.maxBinding;
 }
 
-function gemmKernel(s: Conv3dShape): Kernel {
-  const { cin, cout, d, h, w } = s;
+/** The GEMM for `cin` channels in (K) and `cout` out (N) over a D x H x W volume. */
+function gemmKernel(cin: number, cout: number, d: number, h: number, w: number): Kernel {
   const v = d * h * w, nv = cout / 32;
   const acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
@@ -117,22 +119,25 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u
 }`,
 };
 
-/** w [Cout][Cin][27] -> wt [27][Cin][Cout]. */
+/**
+ * The GEMM's weights T [27][K][N] from w [Cout][Cin][27]: for the forward (K, N) = (Cin, Cout), T = w transposed; for
+ * the input gradient (flip) (K, N) = (Cout, Cin) and the taps reversed, the transposed convolution's weights.
+ */
 const REORDER: Kernel = {
   name: "conv3d_cl_weights",
   wgsl: `
 @group(0) @binding(0) var<storage, read> W: array<f32>;
 @group(0) @binding(1) var<storage, read_write> T: array<f32>;
-struct U { cin: u32, cout: u32, n: u32, gridx: u32 }
+struct U { k: u32, n: u32, m: u32, gridx: u32, flip: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3u) {
-  let e = id.y * u.gridx * 256u + id.x; // index into T: (tap * cin + ci) * cout + co
-  if (e >= u.n) { return; }
-  let co = e % u.cout;
-  let ci = (e / u.cout) % u.cin;
-  let tap = e / (u.cout * u.cin);
-  T[e] = W[(co * u.cin + ci) * 27u + tap];
+  let e = id.y * u.gridx * 256u + id.x; // (tap * K + a) * N + b
+  if (e >= u.m) { return; }
+  let b = e % u.n;
+  let a = (e / u.n) % u.k;
+  let tap = e / (u.n * u.k);
+  if (u.flip == 0u) { T[e] = W[(b * u.k + a) * 27u + tap]; } else { T[e] = W[(a * u.n + b) * 27u + 26u - tap]; }
 }`,
 };
 
@@ -157,6 +162,40 @@ function transpose(
   );
 }
 
+/** out = conv(src, the GEMM weights) (+ bias) per sample, src with k channels, out with n (see REORDER for flip). */
+function run(
+  g: Gpu,
+  s: Conv3dShape,
+  src: GPUBuffer,
+  w: GPUBuffer,
+  b: GPUBuffer | null,
+  out: GPUBuffer,
+  flip: boolean,
+) {
+  const [k, n] = flip ? [s.cout, s.cin] : [s.cin, s.cout];
+  if (!channelsLastEligible(g, { ...s, cin: k, cout: n })) {
+    throw new Error(
+      `conv3d channels-last${flip ? " input gradient" : ""}: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, ` +
+        `kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1, ${k} channels in a multiple of 16, ` +
+        `${n} out a multiple of 32 up to 128, one binding per operand)`,
+    );
+  }
+  const v = s.d * s.h * s.w, m = 27 * k * n;
+  const wt = g.alloc(m * 4), st = g.alloc(v * k * 4), ot = g.alloc(v * n * 4);
+  const rgrid = grid1d(g, Math.ceil(m / 256));
+  const rw = [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }];
+  g.dispatch(REORDER, rw, new Uint32Array([k, n, m, rgrid[0], flip ? 1 : 0, 0, 0, 0]), rgrid);
+  const groups = Math.ceil(v / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
+  const kernel = gemmKernel(k, n, s.d, s.h, s.w);
+  const gemm = [{ buffer: st, size: v * k * 4 }, { buffer: wt, size: m * 4 }, { buffer: ot, size: v * n * 4 }];
+  for (let i = 0; i < s.n; i++) {
+    transpose(g, [src, i * k * v], [st, 0], k, v, null); // [K][V] -> [V][K]
+    g.dispatch(kernel, gemm, new Uint32Array([gx, 0, 0, 0]), [gx, Math.ceil(groups / gx), 1]);
+    transpose(g, [ot, 0], [out, i * n * v], v, n, b); // [V][N] -> [N][V], + bias
+  }
+  for (const t of [wt, st, ot]) g.free(t);
+}
+
 /** y = conv3d(x, w) + b (3x3x3, stride 1, pad 1) through the channels-last GEMM; s must be eligible. */
 export function conv3dForwardChannelsLast(
   g: Gpu,
@@ -166,31 +205,13 @@ export function conv3dForwardChannelsLast(
   b: GPUBuffer | null,
   y: GPUBuffer,
 ) {
-  if (!channelsLastEligible(g, s)) {
-    throw new Error(
-      `conv3d channels-last: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} ` +
-        `is not eligible (3x3x3 stride 1 pad 1, Cin % 16, Cout % 32, Cout <= 128, one binding per operand)`,
-    );
-  }
-  const v = s.d * s.h * s.w, m = 27 * s.cin * s.cout;
-  const wt = g.alloc(m * 4), xt = g.alloc(v * s.cin * 4), yt = g.alloc(v * s.cout * 4);
-  const rgrid = grid1d(g, Math.ceil(m / 256));
-  const rw = [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }];
-  g.dispatch(REORDER, rw, new Uint32Array([s.cin, s.cout, m, rgrid[0]]), rgrid);
-  const groups = Math.ceil(v / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
-  const kernel = gemmKernel(s);
-  for (let n = 0; n < s.n; n++) {
-    transpose(g, [x, n * s.cin * v], [xt, 0], s.cin, v, null); // [Cin][V] -> [V][Cin]
-    const gemm = [{ buffer: xt, size: v * s.cin * 4 }, { buffer: wt, size: m * 4 }, {
-      buffer: yt,
-      size: v * s.cout * 4,
-    }];
-    g.dispatch(kernel, gemm, new Uint32Array([gx, 0, 0, 0]), [
-      gx,
-      Math.ceil(groups / gx),
-      1,
-    ]);
-    transpose(g, [yt, 0], [y, n * s.cout * v], v, s.cout, b); // [V][Cout] -> [Cout][V], + bias
-  }
-  for (const t of [wt, xt, yt]) g.free(t);
+  run(g, s, x, w, b, y, false);
+}
+
+/**
+ * dx (assigned) from dy and w: for 3x3x3 stride 1 pad 1 the transposed convolution is the same convolution of dy
+ * with the weights transposed (Cout <-> Cin) and their taps reversed; eligible with Cin and Cout swapped.
+ */
+export function conv3dBackwardInputChannelsLast(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GPUBuffer, dx: GPUBuffer) {
+  run(g, s, dy, w, null, dx, true);
 }

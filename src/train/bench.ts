@@ -12,7 +12,11 @@
 
 import { type Command, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
-import { channelsLastEligible, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
+import {
+  channelsLastEligible,
+  conv3dBackwardInputChannelsLast,
+  conv3dForwardChannelsLast,
+} from "../kernels/conv3d_cl.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
 import { Profiler } from "../kernels/profile.ts";
@@ -207,10 +211,14 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
           ["input_grad", "gather", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
           ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
         ];
-        // The channels-last candidate (src/kernels/conv3d_cl.ts), timed beside the gather kernel where it applies.
+        // The channels-last candidates (src/kernels/conv3d_cl.ts), timed beside the gather kernel where they apply.
         if (channelsLastEligible(g, s)) {
           const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
           passes.splice(1, 0, ["forward", "channels-last", fn]);
+        }
+        if (channelsLastEligible(g, { ...s, cin: s.cout, cout: s.cin })) {
+          const fn = () => conv3dBackwardInputChannelsLast(g, s, y.buffer, w.buffer, dx.buffer);
+          passes.splice(passes.length - 1, 0, ["input_grad", "channels-last", fn]);
         }
         const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
         for (const [pass, variant, fn] of passes) {

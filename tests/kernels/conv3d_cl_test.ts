@@ -1,8 +1,13 @@
-// The channels-last conv3d candidate against the float64 reference: odd sizes (V not a multiple of the 256-voxel
-// tile), N=2, bias or none, 16 -> 32, 32 -> 64 and 16 -> 128 channels; and its eligibility rule.
+// The channels-last conv3d candidate against the float64 reference, forward and input gradient: odd sizes (V not a
+// multiple of the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64 and 16 -> 128 channels (the input gradient
+// with them swapped); and its eligibility rule.
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
-import { channelsLastEligible, conv3dForwardChannelsLast } from "../../src/kernels/conv3d_cl.ts";
+import {
+  channelsLastEligible,
+  conv3dBackwardInputChannelsLast,
+  conv3dForwardChannelsLast,
+} from "../../src/kernels/conv3d_cl.ts";
 import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
@@ -25,6 +30,32 @@ Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and 
   await check([2, 16, 5, 6, 7], 32, true);
   await check([1, 32, 7, 5, 9], 64, false);
   await check([1, 16, 3, 4, 5], 128, true);
+});
+
+async function checkDx(xs: number[], cout: number) {
+  const g = await testGpu();
+  await scope(async () => {
+    const ws = [cout, xs[1], 3, 3, 3];
+    const s = K.conv3dShape(xs, ws, null, 1, 1);
+    const xv = rand(xs.reduce((a, b) => a * b), 61), wv = rand(ws.reduce((a, b) => a * b), 62);
+    const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 63);
+    const dy = Tensor.from(g, [s.n, cout, s.od, s.oh, s.ow], dyv), w = Tensor.from(g, ws, wv);
+    const dx = Tensor.empty(g, xs);
+    conv3dBackwardInputChannelsLast(g, s, dy.buffer, w.buffer, dx.buffer);
+    const [got] = await readAll([dx]);
+    assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `channels-last dx [${xs}] -> ${cout}`);
+  });
+}
+
+Deno.test("conv3d channels-last input gradient matches the reference (Cin and Cout swapped in the GEMM)", async () => {
+  await checkDx([2, 32, 5, 6, 7], 16);
+  await checkDx([1, 64, 7, 5, 9], 32);
+  await checkDx([1, 128, 3, 4, 5], 16);
+  const g = await testGpu();
+  const s = K.conv3dShape([1, 16, 8, 8, 8], [32, 16, 3, 3, 3], null, 1, 1); // dx: 32 in, 16 out: not eligible
+  const b = g.alloc(4);
+  assert.throws(() => conv3dBackwardInputChannelsLast(g, s, b, b, b), /input gradient: .*16 out a multiple of 32/);
+  g.free(b);
 });
 
 Deno.test("conv3d channels-last takes only 3x3x3 stride 1 with Cin % 16, Cout % 32 <= 128, and says why not", async () => {

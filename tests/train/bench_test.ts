@@ -26,10 +26,16 @@ for (const mode of BENCH_MODES) {
   Deno.test(`bench --mode ${mode} prints JSON lines with the reference's fields (32^3, k=2)`, async () => {
     await testGpu();
     const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
-    // conv: three passes per shape, plus the channels-last forward where it applies (here unet L4, 16 -> 32).
+    // conv: three passes per shape, plus the channels-last ones where they apply (at k=2: the forward 16 -> 32, and
+    // the input gradient of 32 -> 16, a GEMM from 16 channels to 32).
     const cl = rows.filter((r) => r.variant === "channels-last");
     assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 + cl.length : 1);
-    if (mode === "conv") assert.deepEqual(cl.map((r) => [r.conv, r.pass]), [["unet L4 8k->16k (c5.conv1)", "forward"]]);
+    if (mode === "conv") {
+      assert.deepEqual(cl.map((r) => [r.conv, r.pass]), [
+        ["unet L4 8k->16k (c5.conv1)", "forward"],
+        ["unet L4 16k->8k (c5.conv2)", "input_grad"],
+      ]);
+    }
     for (const r of rows) {
       for (const f of [...REFERENCE_FIELDS, "adapter", "features", "dispatches", "reserved_gib"]) {
         assert.ok(f in r, `field ${f} in ${JSON.stringify(r)}`);
