@@ -29,7 +29,16 @@
 // Tensors larger than one storage binding: channel planes are bound in windows (planeChunks); the gather kernel
 // sums over input-channel windows by accumulating into its output (the first window assigns, adding the bias).
 
-import { enables, type Gpu, grid1d, type Kernel, planeChunks, type Storage, STORAGE_BYTES } from "./device.ts";
+import {
+  enables,
+  type Gpu,
+  grid1d,
+  type Kernel,
+  planeChunks,
+  type Storage,
+  STORAGE_BYTES,
+  toStorage,
+} from "./device.ts";
 import { cast } from "./elementwise.ts";
 
 /** Validated geometry of one convolution. */
@@ -231,7 +240,7 @@ fn store(yi: u32, part: u32, oc: u32, v: f32) {
   if ((u.flags & 1u) != 0u) { r += B[u.coBase + oc]; }
   let i = yi + oc * u.outPlane + part * u.partStride;
   if ((u.flags & 2u) != 0u) { r += f32(Y[i]); }
-  Y[i] = ${yt}(r);
+  Y[i] = ${toStorage(yt, "r")};
 }
 
 @compute @workgroup_size(${size})
@@ -369,7 +378,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) { // x: voxel of the plane, y:
   if ((u.flags & 1u) != 0u) { s += B[u.coBase + id.y]; }
   let o = u.shift + i;
   if ((u.flags & 2u) != 0u) { s += f32(O[o]); }
-  O[o] = ${t}(s);
+  O[o] = ${toStorage(t, "s")};
 }`,
 });
 const SUM_OUT = { f32: sumOut("f32"), f16: sumOut("f16") };

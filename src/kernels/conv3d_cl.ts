@@ -22,7 +22,8 @@ const BM = 256, BK = 16;
 export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
   const v = s.d * s.h * s.w;
   return s.k === 3 && s.stride === 1 && s.pad === 1 && s.cin % BK === 0 && s.cout % 32 === 0 && s.cout <= 128 &&
-    s.n * Math.max(s.cin, s.cout) * v * 4 <= g.maxBinding && 27 * s.cin * s.cout * 4 <= g.maxBinding;
+    s.n * Math.max(s.cin, s.cout) * v * 4 <= g.maxBinding && 27 * s.cin * s.cout * 4 <= g.maxBinding &&
+    (BK * BM + BK * s.cout) * 4 <= g.maxWorkgroupStorage; // the staged inputs and weights
 }
 
 /** The GEMM for `cin` channels in (K) and `cout` out (N) over a D x H x W volume. */
@@ -100,18 +101,21 @@ const TRANSPOSE: Kernel = {
 @group(0) @binding(0) var<storage, read> S: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> T: array<f32>;
-struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, p0: u32, p1: u32, p2: u32 }
+struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, tilesX: u32, gridX: u32, p0: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> tile: array<array<f32, 17>, 16>; // 17: no bank conflicts on the transposed read
 @compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) l: vec3u) {
+fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u) {
+  // 16x16 tiles, numbered across a 2D grid (a volume's voxels outnumber one grid dimension's 65535 tiles).
+  let q = g.y * u.gridX + g.x;
+  let wg = vec2u(q % u.tilesX, q / u.tilesX);
   let i = wg.y * 16u + l.y; // source row
   let j = wg.x * 16u + l.x; // source column
   if (i < u.rows && j < u.cols) { tile[l.y][l.x] = S[u.src + i * u.cols + j]; }
   workgroupBarrier();
   let ti = wg.x * 16u + l.y; // destination row (a source column)
   let tj = wg.y * 16u + l.x; // destination column (a source row)
-  if (ti < u.cols && tj < u.rows) {
+  if (ti < u.cols && tj < u.rows) { // tiles past the last (the grid's spare workgroups) fail i < rows and tj < rows
     var r = tile[l.x][l.y];
     if (u.bias != 0u) { r += B[ti]; }
     T[u.dst + ti * u.rows + tj] = r;
@@ -150,6 +154,7 @@ function transpose(
   cols: number,
   bias: GPUBuffer | null,
 ) {
+  const tilesX = Math.ceil(cols / 16), grid = grid1d(g, tilesX * Math.ceil(rows / 16));
   g.dispatch(
     TRANSPOSE,
     [
@@ -157,8 +162,8 @@ function transpose(
       bias ? { buffer: bias } : { buffer: src[0], size: 4 },
       { buffer: dst[0], size: (dst[1] + rows * cols) * 4 },
     ],
-    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], 0, 0, 0]),
-    [Math.ceil(cols / 16), Math.ceil(rows / 16), 1],
+    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], 0]),
+    grid,
   );
 }
 

@@ -3,8 +3,9 @@
 // A kernel is data (`Kernel`: a name, WGSL source, an optional cache key); `gpu.dispatch` binds buffer windows and a
 // uniform block and records the dispatch into the step's single command encoder. Nothing is submitted until
 // `flush()` (or a readback, or a pool trim) so a training step is one submit or a few. Storage buffers come from a size-bucketed pool: a
-// disposed tensor's buffer is reused at once, never left to GC; free buffers beyond 1.5x the live bytes are destroyed
-// (after a submit), so sizes a past phase used do not pile up. Readbacks are batched into one staging buffer and one
+// disposed tensor's buffer is reused at once, never left to GC; when a new buffer must be made and the pool would hold
+// more than 1.5x the live bytes, free ones are destroyed first (after a submit), so sizes a past phase used do not
+// pile up. (Between steps, freed buffers stay until the next new one is needed.) Readbacks are batched into one staging buffer and one
 // mapAsync (each costs >= 10 ms).
 //
 // Tensors larger than the adapter's max storage binding: kernels bind windows of a buffer (`Binding.offset/size`)
@@ -260,7 +261,7 @@ export class Gpu {
 }
 
 /**
- * The pool keeps at most this multiple of the live bytes (see Gpu.alloc). Measured on the null device at 160x192x160,
+ * Before making a new buffer, the pool trims its free buffers to at most this multiple of the live bytes (Gpu.alloc). Measured on the null device at 160x192x160,
  * k=32: the HAD-Net step's pool peaked at 19.2 GiB without a bound (11.0 GiB live) and at 11.9 GiB with 1.5, for about
  * 19 extra submits a step (1.25: 11.8 GiB, 28 submits).
  */
@@ -340,7 +341,10 @@ export function planeChunks(
   const usable = g.maxBinding - g.offsetAlign; // room for the alignment shift
   const per = Math.floor(usable / planeBytes);
   if (per < 1) {
-    throw new Error(`one channel plane of ${planeBytes} bytes exceeds the max storage binding (${g.maxBinding})`);
+    throw new Error(
+      `one channel of ${planeBytes} bytes (its plane, or the weights bound with it) exceeds the max storage binding ` +
+        `(${g.maxBinding})`,
+    );
   }
   const out = [];
   for (let first = 0; first < planes; first += per) {
@@ -356,6 +360,14 @@ export function planeChunks(
 /** Element types of activation storage: f16 needs the adapter's shader-f16 feature (arithmetic stays f32). */
 export type Storage = "f32" | "f16";
 export const STORAGE_BYTES: Record<Storage, number> = { f32: 4, f16: 2 };
+
+/**
+ * WGSL storing the f32 expression `e` as type t. f16 saturates at its largest finite value, 65504: an overflow
+ * becomes a large number, never an infinity that would turn into NaN downstream.
+ */
+export function toStorage(t: Storage, e: string): string {
+  return t === "f16" ? `f16(clamp(${e}, -65504.0, 65504.0))` : `f32(${e})`;
+}
 
 /** The WGSL module prefix for these storage types: `enable f16;` when any is f16. */
 export function enables(...types: Storage[]): string {

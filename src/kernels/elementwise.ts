@@ -5,7 +5,16 @@
 // most one storage binding (`flatChunks` in device.ts), each starting 256-byte aligned. LeakyReLU's backward needs the forward input x (saved by the caller): dx = dy * (x > 0 ? 1 : slope).
 // Nothing here accumulates unless named *Into (dst += src).
 
-import { enables, flatChunks, type Gpu, grid1d, type Kernel, type Storage, STORAGE_BYTES } from "./device.ts";
+import {
+  enables,
+  flatChunks,
+  type Gpu,
+  grid1d,
+  type Kernel,
+  type Storage,
+  STORAGE_BYTES,
+  toStorage,
+} from "./device.ts";
 
 const WG = 256;
 
@@ -25,7 +34,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let i = id.x + id.y * u.gridx * ${WG}u;
   if (i >= u.n) { return; }
   let v = f32(x[i]);
-  y[i] = ${ty}(${expr});
+  y[i] = ${toStorage(ty, expr)};
 }`,
   };
 }
@@ -45,7 +54,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   if (i >= u.n) { return; }
   let v = f32(x[i]);
   let w = f32(z[i]);
-  y[i] = ${t}(${expr});
+  y[i] = ${toStorage(t, expr)};
 }`,
   };
 }

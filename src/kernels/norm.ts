@@ -13,7 +13,7 @@
 // dweight/dbias. Tensors larger than one storage binding are processed in chunks of whole planes. The forward also
 // reads and writes f16 storage (x and y alike, for inference); statistics and arithmetic stay f32.
 
-import { enables, type Gpu, type Kernel, type Storage, STORAGE_BYTES } from "./device.ts";
+import { enables, type Gpu, type Kernel, type Storage, STORAGE_BYTES, toStorage } from "./device.ts";
 import { planeWindows } from "./planes.ts";
 
 export const EPS = 1e-5;
@@ -127,7 +127,7 @@ const applyKernel = (affine: boolean, t: Storage) =>
     [["x", `array<${t}>`], ["stats", "array<vec2f>"], ["y", `array<${t}>`, true]],
     `${ENTRY}${PLANE}${
       partLoop(`${PRE}
-    y[base + i] = ${t}(select(u.slope * pre, pre, pre > 0.0));`)
+    y[base + i] = ${toStorage(t, "select(u.slope * pre, pre, pre > 0.0)")};`)
     }
 }`,
     t,

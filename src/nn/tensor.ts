@@ -110,7 +110,10 @@ export class Tensor {
     return this.keep();
   }
 
-  /** The creator is done with this tensor: it is disposed now, or once the last backward that reads it has run. */
+  /**
+   * The creator is done with this tensor: it is disposed now, or once the last backward that reads it has run (a
+   * graph never backpropagated keeps it until its scope ends).
+   */
   release() {
     released.add(this);
     if (!holds.has(this)) this.dispose();

@@ -141,10 +141,15 @@ function baseFields(g: Gpu, o: BenchOptions) {
 }
 
 /**
- * Runs one benchmark mode and returns its result records (one per line of output). `device` replaces the process
- * GPU (or the null device of --plan), e.g. a null device with a lowered binding limit in a test.
+ * Runs one benchmark mode and returns its result records (one per line of output); `emit` receives each as soon as
+ * it is measured (so a run cut short has printed what it measured). `device` replaces the process GPU (or the null
+ * device of --plan), e.g. a null device with a lowered binding limit in a test.
  */
-export async function runBench(o: BenchOptions, device?: Gpu): Promise<Record<string, unknown>[]> {
+export async function runBench(
+  o: BenchOptions,
+  device?: Gpu,
+  emit?: (record: Record<string, unknown>) => void,
+): Promise<Record<string, unknown>[]> {
   if (o.plan && o.profile) throw new UsageError("--plan runs no kernel, so it cannot --profile");
   if (o.f16 && o.mode !== "infer") throw new UsageError("--f16 applies to --mode infer only (f16 is for inference)");
   const g = device ?? (o.plan ? planGpu() : await gpu());
@@ -154,18 +159,27 @@ export async function runBench(o: BenchOptions, device?: Gpu): Promise<Record<st
     if (!profiler) console.error(`hadnet bench: --profile unavailable: ${Profiler.unavailable(g)}`);
   }
   try {
-    return await benchMode(g, o, profiler);
+    return await benchMode(g, o, profiler, emit);
   } finally {
     profiler?.dispose();
   }
 }
 
-async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Promise<Record<string, unknown>[]> {
+async function benchMode(
+  g: Gpu,
+  o: BenchOptions,
+  profiler: Profiler | null,
+  emit?: (record: Record<string, unknown>) => void,
+): Promise<Record<string, unknown>[]> {
   const out: Record<string, unknown>[] = [];
+  const push = (r: Record<string, unknown>) => {
+    out.push(r);
+    emit?.(r);
+  };
   /** Appends the result line (with TFLOP/s when flop is given) and, when profiled, one line per kernel. */
   const report = (r: Awaited<ReturnType<typeof time>>, extra: Record<string, unknown> = {}, flop = 0) => {
     const med = median(r.ms);
-    out.push({
+    push({
       ...baseFields(g, o),
       ...extra,
       ms_median: o.plan ? null : med,
@@ -177,7 +191,7 @@ async function benchMode(g: Gpu, o: BenchOptions, profiler: Profiler | null): Pr
     });
     const total = r.kernels?.reduce((a, x) => a + x.ms, 0) ?? 0;
     for (const kr of r.kernels ?? []) {
-      out.push({
+      push({
         ...baseFields(g, o),
         ...extra,
         kernel: kr.name,
@@ -349,17 +363,20 @@ export const benchCommand: Command = {
     if (!BENCH_MODES.includes(mode)) {
       throw new UsageError(`--mode must be one of ${BENCH_MODES.join(", ")}, got "${mode}"`);
     }
-    const results = await runBench({
-      mode,
-      size: parseSize(v.size ?? "160,192,160"),
-      k: intOpt(v.k, "--k") ?? 32,
-      iters: intOpt(v.iters, "--iters") ?? 5,
-      warmup: intOpt(v.warmup, "--warmup", 0) ?? 2,
-      profile: v.profile === true,
-      plan: v.plan === true,
-      f16: v.f16 === true,
-    });
-    for (const r of results) console.log(JSON.stringify(r));
+    await runBench(
+      {
+        mode,
+        size: parseSize(v.size ?? "160,192,160"),
+        k: intOpt(v.k, "--k") ?? 32,
+        iters: intOpt(v.iters, "--iters") ?? 5,
+        warmup: intOpt(v.warmup, "--warmup", 0) ?? 2,
+        profile: v.profile === true,
+        plan: v.plan === true,
+        f16: v.f16 === true,
+      },
+      undefined,
+      (r) => console.log(JSON.stringify(r)),
+    );
     return 0;
   },
 };

@@ -47,7 +47,7 @@ export const trainCommands: Record<string, Command> = {
       "hadnet parity <fixture-dir>\n\nRuns the networks on a folder laid out as ../shared/fixtures/pytorch-golden " +
       "and prints one JSON object with the max relative error per tensor; exits non-zero when a tolerance " +
       "(forward 1e-4, gradients 1e-3) is exceeded. Where the adapter has shader-f16 it also runs the forward with " +
-      "f16 activation storage (infer --f16): logits held to 50 x 2^-11, label agreement reported.",
+      "f16 activation storage (infer --f16): logits held to an error budget of 50 x 2^-11, label agreement reported.",
     options: {},
     run: async (_v, pos) => {
       if (pos.length !== 1) throw new UsageError("parity takes exactly one fixture folder");

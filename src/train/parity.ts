@@ -34,8 +34,9 @@ import { type FeaturePairs, UNet, type UNetConfig, unetForward } from "../nn/une
 
 export const FORWARD_TOL = 1e-4;
 /**
- * Logits with f16 activation storage (inference) against the reference: f16's unit roundoff (2^-11) for each of the
- * about 50 activations stored along the U-Net's deepest path, a first-order bound on the accumulated rounding.
+ * Logits with f16 activation storage (inference) against the reference: an error budget of f16's unit roundoff
+ * (2^-11) for each of the about 50 activations stored along the U-Net's deepest path. Not a proven bound (instance
+ * norm can amplify an error where a plane's variance is small); the fixture's student uses 65% of it.
  */
 export const F16_TOL = 50 * 2 ** -11;
 export const GRAD_TOL = 1e-3;

@@ -306,9 +306,13 @@ Deno.test("infer --f16: the same labels where the classes are far apart; windows
     assert.equal(await infer(f, `${f.dir}/f16`, f.studentEt, f.sem32, "--ids", id, "--f16"), 0);
     assert.ok((await read("f32")).includes(4));
     assert.deepEqual(await read("f16"), await read("f32"));
-    const args = ["--ids", id, "--f16", "--patch", "16,32,16", "--uncertainty", "entropy"];
-    assert.equal(await infer(f, `${f.dir}/win`, f.student, f.sem32, ...args), 0);
-    assert.ok((await read("win")).every((v) => [0, 1, 2, 4].includes(v)));
+    // Sliding windows with the entropy maps: the same labels as in f32, and the maps in range.
+    const args = ["--ids", id, "--patch", "16,32,16", "--uncertainty", "entropy"];
+    assert.equal(await infer(f, `${f.dir}/win32`, f.studentEt, f.sem32, ...args), 0);
+    assert.equal(await infer(f, `${f.dir}/win16`, f.studentEt, f.sem32, ...args, "--f16"), 0);
+    assert.deepEqual(await read("win16"), await read("win32"));
+    const unc = (await readNifti(`${f.dir}/win16/${id}_unc_enhance.nii.gz`)).data;
+    assert.ok(unc.every((v) => v >= 0 && v <= 100));
     await assert.rejects(
       infer(f, `${f.dir}/mc`, f.student, f.sem32, "--f16", "--uncertainty", "mc"),
       /--f16 does not combine with --uncertainty mc/,

@@ -105,6 +105,8 @@ Deno.test("f16 instance norm + LeakyReLU, max-pool, nearest resize and add, on o
         assert.deepEqual(resized, Float32Array.from(resizeNearestRef(xv, shape, [7, 4, 9])), `resize ${tag}`);
         assertRounded(sum, xv.map((v, i) => v + zv[i]), `add ${tag}`);
         assert.deepEqual(await cast(x, "f32").toArray(), xv, `cast back ${tag}`);
+        const big = cast(Tensor.from(g, [3], [1e6, -1e6, 70000]), "f16"); // saturates: no infinities, so no NaN
+        assert.deepEqual(await big.toArray(), new Float32Array([65504, -65504, 65504]), `f16 saturation ${tag}`);
         const odd = h(rand(27, 35)); // 54 bytes: copies and reads round up to whole 4-byte words
         assert.deepEqual(await f16Tensor(g, [1, 1, 3, 3, 3], odd).detach().toArray(), odd, `odd-sized copy ${tag}`);
       });

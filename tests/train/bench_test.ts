@@ -101,7 +101,8 @@ for (const [mode, target] of Object.entries(MEMORY_TARGETS_GIB)) {
 
 Deno.test("bench --plan reports the same peak and dispatches as a real run of the same mode", async () => {
   await testGpu();
-  // Each in a fresh process, so that nothing else holds device memory during the real run.
+  // Each in a fresh process, so that the real run's peak counts only its own buffers. At this size no limit splits
+  // anything, so this mainly checks that nothing in the modes depends on values read back from the GPU.
   const run = async (mode: string, plan: boolean) => {
     const args = ["run", "-A", MAIN, "bench", "--mode", mode, "--size", "32,32,32", "--k", "2", "--iters", "1"];
     const out = await new Deno.Command(Deno.execPath(), { args: [...args, ...(plan ? ["--plan"] : [])] }).output();
@@ -132,6 +133,14 @@ Deno.test("bench --plan --f16: teacher inference at 160x192x160, k=32 in less me
   // Activations halve; the parameters, the input and the f32 logits do not.
   assert.ok((f16.peak_gib as number) < 0.6 * (f32.peak_gib as number), `${f16.peak_gib} vs ${f32.peak_gib} GiB`);
   await assert.rejects(() => benchCommand.run({ mode: "pretrain", f16: true }, []), /--f16 applies to --mode infer/);
+});
+
+Deno.test("bench --plan --mode conv at 160x192x160, k=32: every case and candidate plans within the limits", async () => {
+  // 4.9 M voxels at level 0: the channels-last transposes need more tiles than one grid dimension holds.
+  const rows = await cli({ mode: "conv", plan: true, iters: "1", warmup: "0" });
+  assert.equal(rows.filter((r) => r.variant !== "channels-last").length, convCases([160, 192, 160], 32).length * 3);
+  const level0 = rows.filter((r) => r.variant === "channels-last" && r.conv === "unet L0 k->k (d1.conv2, u1)");
+  assert.deepEqual(level0.map((r) => r.pass), ["forward", "input_grad"]);
 });
 
 Deno.test("bench --plan refuses --profile", async () => {

@@ -68,13 +68,14 @@ export function mse(x: Tensor, target: number | Tensor): Tensor {
   if (typeof target !== "number" && target.shape.join() !== x.shape.join()) {
     throw new Error(`mse: target [${target.shape}] does not match x [${x.shape}]`);
   }
-  const t = typeof target === "number" ? target : target.buffer;
+  // The target's buffer is read at each use: one disposed before the backward then fails loudly.
+  const t = () => typeof target === "number" ? target : target.buffer;
   const loss = Tensor.empty(g, [1]);
-  K.mse(g, x.buffer, t, x.size, loss.buffer);
+  K.mse(g, x.buffer, t(), x.size, loss.buffer);
   const inputs = typeof target === "number" ? [x] : [x, target];
   record(loss, inputs, (gy) => {
     const dx = Tensor.empty(g, x.shape);
-    K.mseBackward(g, x.buffer, t, gy.buffer, dx.buffer, x.size);
+    K.mseBackward(g, x.buffer, t(), gy.buffer, dx.buffer, x.size);
     if (typeof target === "number" || !target.requiresGrad) return [dx, null];
     const dt = Tensor.empty(g, x.shape);
     E.scale(g, dx.buffer, dt.buffer, x.size, -1);
