@@ -30,6 +30,7 @@
 // sums over input-channel windows by accumulating into its output (the first window assigns, adding the bias).
 
 import {
+  bindingWindow,
   enables,
   type Gpu,
   grid1d,
@@ -291,16 +292,6 @@ fn main(@builtin(workgroup_id) wg: vec3u,
 }
 
 /**
- * The aligned binding window over elements [start, start + count) of a buffer of `eb`-byte elements; shift = start -
- * the window's first element. Sizes are whole 4-byte words.
- */
-function span(g: Gpu, start: number, count: number, eb = 4) {
-  const offset = Math.floor((start * eb) / g.offsetAlign) * g.offsetAlign;
-  const shift = start - offset / eb;
-  return { offset, shift, size: Math.ceil(((shift + count) * eb) / 4) * 4 };
-}
-
-/**
  * Windows over `planes` channel planes (of `eb`-byte elements) starting at plane `base` of a buffer (planeChunks,
  * shifted to `base`). Each window's channel count also fits `chunkBytes` per channel in one binding: the weight slice
  * (the weight's outer axis) bound beside it.
@@ -309,7 +300,7 @@ function windows(g: Gpu, base: number, planes: number, planeElems: number, eb = 
   return planeChunks(g, planes, Math.max(planeElems * eb, chunkBytes), 1).map((c) => ({
     first: c.first,
     count: c.count,
-    ...span(g, (base + c.first) * planeElems, c.count * planeElems, eb),
+    ...bindingWindow(g, (base + c.first) * planeElems, c.count * planeElems, eb),
   }));
 }
 
@@ -403,7 +394,7 @@ function gather(g: Gpu, p: Gather) {
     for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, db, p.wAxis === "dst" ? wPer * 4 : 0)) {
       windows(g, n * p.srcC, p.srcC, srcPlane, sb, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
         const wc = p.wAxis === "dst" ? ow : iw;
-        const ww = span(g, wc.first * wPer, wc.count * wPer);
+        const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
         const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
         const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
         // The first class is the largest; every class of a window takes the same path (they share the partials).
@@ -660,7 +651,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 /** out[first + i] = sum over `count` parts of parts[part * m + i], for i < m. */
 function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number, first = 0) {
   const grid = grid1d(g, Math.ceil(m / 256));
-  const o = span(g, first, m);
+  const o = bindingWindow(g, first, m);
   g.dispatch(
     SUM_PARTS,
     [{ buffer: parts, size: m * count * 4 }, { buffer: out, offset: o.offset, size: o.size }],

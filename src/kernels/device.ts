@@ -349,12 +349,19 @@ export function planeChunks(
   const out = [];
   for (let first = 0; first < planes; first += per) {
     const count = Math.min(per, planes - first);
-    const start = first * planeBytes;
-    const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
-    const size = Math.ceil((start - offset + count * planeBytes) / 4) * 4; // bindings are whole 4-byte words
-    out.push({ first, count, offset, shift: (start - offset) / elemBytes, size });
+    out.push({ first, count, ...bindingWindow(g, first * planeElems, count * planeElems, elemBytes) });
   }
   return out;
+}
+
+/**
+ * The binding window over elements [start, start + count) of a buffer of `elemBytes`-byte elements: it starts at the
+ * aligned byte `offset` below, `shift` elements before the range, and its size is whole 4-byte words.
+ */
+export function bindingWindow(g: Gpu, start: number, count: number, elemBytes = 4) {
+  const offset = Math.floor((start * elemBytes) / g.offsetAlign) * g.offsetAlign;
+  const shift = start - offset / elemBytes;
+  return { offset, shift, size: Math.ceil(((shift + count) * elemBytes) / 4) * 4 };
 }
 
 /** Element types of activation storage: f16 needs the adapter's shader-f16 feature (arithmetic stays f32). */

@@ -3,7 +3,7 @@
 // storage binding for the largest plane size, and each tensor gets its own aligned window over the same planes.
 // Chunks also hold at most maxWorkgroupsPerDim planes so kernels can put the plane on the grid's z axis.
 
-import { type Gpu, planeChunks } from "./device.ts";
+import { bindingWindow, type Gpu, planeChunks } from "./device.ts";
 
 /** A window of one tensor over a chunk of planes: bind at byte `offset` with `size`; `shift` is the element offset of
  * the chunk's first plane inside the window. */
@@ -32,12 +32,7 @@ export function planeWindows(g: Gpu, planes: number, planeElems: number[], elemB
   for (const c of planeChunks(g, planes, largest, 1)) {
     for (let first = c.first; first < c.first + c.count; first += g.maxWorkgroupsPerDim) {
       const count = Math.min(g.maxWorkgroupsPerDim, c.first + c.count - first);
-      const win = bytes.map((pb, k) => {
-        const start = first * pb;
-        const offset = Math.floor(start / g.offsetAlign) * g.offsetAlign;
-        const eb = elemBytes?.[k] ?? 4;
-        return { offset, shift: (start - offset) / eb, size: Math.ceil((start - offset + count * pb) / 4) * 4 };
-      });
+      const win = planeElems.map((pe, k) => bindingWindow(g, first * pe, count * pe, elemBytes?.[k] ?? 4));
       out.push({ first, count, win });
     }
   }

@@ -5,7 +5,7 @@
 // Large tensors: `voxelChunks` splits each batch item into voxel ranges whose window, spanning all C planes of the
 // range, fits one storage binding; the kernels read channel c of voxel v at shift + c * S + v.
 
-import { type Gpu, grid1d, type Kernel } from "./device.ts";
+import { bindingWindow, type Gpu, grid1d, type Kernel } from "./device.ts";
 import { WG } from "./reduce.ts";
 
 export interface VoxelChunk {
@@ -34,11 +34,7 @@ export function voxelChunks(g: Gpu, shape: readonly number[]): VoxelChunk[] {
       `[${shape}]: ${C} channel planes of ${S} voxels do not fit one storage binding (${g.maxBinding} B)`,
     );
   }
-  const window = (start: number, elems: number) => {
-    const offset = Math.floor((start * 4) / g.offsetAlign) * g.offsetAlign;
-    const shift = start - offset / 4;
-    return { offset, shift, size: (shift + elems) * 4 };
-  };
+  const window = (start: number, elems: number) => bindingWindow(g, start, elems);
   const out: VoxelChunk[] = [];
   for (let n = 0; n < N; n++) {
     for (let s0 = 0; s0 < S; s0 += per) {

@@ -71,7 +71,7 @@ export class Tensor {
 
   static zeros(g: Gpu, shape: readonly number[], dtype: DType = "f32"): Tensor {
     const t = new Tensor(g, shape, dtype);
-    if (t.size) g.zero(t.buffer, 0, Math.ceil(t.bytes / 4) * 4); // clears are whole 4-byte words
+    if (t.size) g.zero(t.buffer, 0, t.wordBytes);
     return t;
   }
 
@@ -95,6 +95,10 @@ export class Tensor {
   }
   get bytes(): number {
     return this.size * (this.dtype === "f16" ? 2 : 4);
+  }
+  /** bytes rounded up to whole 4-byte words, as buffer clears and copies take them (an odd count of f16 values). */
+  get wordBytes(): number {
+    return Math.ceil(this.bytes / 4) * 4;
   }
 
   /** Marks this tensor (and later its grad) as outliving the current scope. */
@@ -138,7 +142,7 @@ export class Tensor {
   /** A tensor sharing nothing with the graph: same values, no node (copies the buffer). */
   detach(): Tensor {
     const t = new Tensor(this.gpu, this.shape, this.dtype);
-    if (this.size) this.gpu.copy(this.buffer, 0, t.buffer, 0, Math.ceil(this.bytes / 4) * 4); // whole 4-byte words
+    if (this.size) this.gpu.copy(this.buffer, 0, t.buffer, 0, this.wordBytes);
     return t;
   }
 
