@@ -7,9 +7,12 @@
 // assigned (written whole into its output buffer), never accumulated.
 //
 // Kernels:
-// - conv3d_gather computes out[oc, o] = sum_ic sum_u W(oc, ic, u) * in[ic, o*S - pad + u] over a T^3 tap cube.
-//   Forward: in = x, W = w, S = stride. Input gradient (transposed conv): for stride s, dx splits by the parity r of
-//   each coordinate (id = s*m + r) into s^3 dense stride-1 sub-convs over dy with T = ceil(k/s) taps per dimension;
+// - conv3d_gather computes out[oc, o] = sum_ic sum_u W(oc, ic, u) * in[ic, o - pad + u] over a T^3 tap cube
+//   (stride 1). Forward: in = x, W = w; a stride-2 forward (4x4x4, pad 1) reads x's space-to-depth instead
+//   (space_to_depth.ts: 8 parity channels per input channel, T = 2, no pad), with W(oc, 8ic + parity, u) = w at tap
+//   2u + parity, in chunks of input channels (S2D_BYTES) accumulated into y. Input gradient (transposed conv): for
+//   stride s, dx splits by the parity r of each coordinate (id = s*m + r) into s^3 dense stride-1 sub-convs over dy
+//   with T = ceil(k/s) taps per dimension;
 //   tap u reads dy[m - pad' + u] with kernel index kd = r + p + s*pad' - s*u, pad' = floor((k-1-r-p)/s), and the
 //   result lands in dx[s*m + r]. Each thread owns VW consecutive outputs along W x VH rows x 4*COV output channels
 //   (COV 1 or 2, VH 1, 2 or 4, chosen by the channel and row counts; see threadBlock) in named vec4 accumulators;
@@ -41,6 +44,7 @@ import {
   toStorage,
 } from "./device.ts";
 import { cast } from "./elementwise.ts";
+import { spaceToDepth2 } from "./space_to_depth.ts";
 
 /** Validated geometry of one convolution. */
 export interface Conv3dShape {
@@ -141,12 +145,12 @@ interface Split {
 /** xt, yt: storage of the source and (without split-K, whose partials are f32) of the destination. */
 function gatherKernel(
   t: number,
-  s: number,
   cov: number,
   vh: number,
   split: Split | null,
   xt: Storage,
   yt: Storage,
+  s2d: boolean,
 ): Kernel {
   const [wx, wy, kz] = split ? [split.wx, split.wy, split.kz] : [WX, WY, 1];
   // llvmpipe runs a workgroup's invocations SIMD along x only, so split-K puts its channel lanes on x.
@@ -155,8 +159,8 @@ function gatherKernel(
     : [`${WX}, ${WY}, 1`, "lv.x", "lv.y", "lv.z"];
   const t2 = t * t, t3 = t2 * t;
   const cit = stagedChannels(t, cov, Infinity); // the most; u.cit says how many
-  const ncol = s * (VW - 1) + t;
-  const nrow = s * (vh - 1) + t; // input rows under the thread's vh output rows
+  const ncol = VW - 1 + t;
+  const nrow = vh - 1 + t; // input rows under the thread's vh output rows
   const stage = cit * t3 * cov * 4;
   let setup = "";
   for (let a = 0; a < t; a++) setup += `let zd${a} = id0 + ${a}; let okd${a} = zd${a} >= 0 && zd${a} < u.inD;\n`;
@@ -181,7 +185,7 @@ function gatherKernel(
         inner += `  let x${r}_${j} = select(0.0, f32(X[u32(rb${r} + ${j})]), ok${a}_${r} && okw${j});\n`;
       }
       for (let y = 0; y < vh; y++) {
-        const c = r - s * y;
+        const c = r - y;
         if (c < 0 || c >= t) continue;
         for (let kw = 0; kw < t; kw++) {
           for (let cv = 0; cv < cov; cv++) {
@@ -189,7 +193,7 @@ function gatherKernel(
             if (!loaded.has(wi)) inner += `  let w${wi} = ws[wb + ${wi}u];\n`;
             loaded.add(wi);
             for (let v = 0; v < VW; v++) {
-              inner += `  a${y}_${v}_${cv} = fma(vec4f(x${r}_${s * v + kw}), w${wi}, a${y}_${v}_${cv});\n`;
+              inner += `  a${y}_${v}_${cv} = fma(vec4f(x${r}_${v + kw}), w${wi}, a${y}_${v}_${cv});\n`;
             }
           }
         }
@@ -213,7 +217,7 @@ function gatherKernel(
     stores += "}\n";
   }
   return {
-    name: `conv3d_gather_t${t}_s${s}_c${cov}_h${vh}` + (split ? `_split${wx}x${wy}x${kz}` : "") +
+    name: `conv3d_gather_t${t}_c${cov}_h${vh}` + (s2d ? "_s2d" : "") + (split ? `_split${wx}x${wy}x${kz}` : "") +
       (xt === "f32" && yt === "f32" ? "" : `_${xt}_${yt}`),
     wgsl: `${enables(xt, yt)}
 @group(0) @binding(0) var<storage, read> X: array<${xt}>;
@@ -255,9 +259,9 @@ fn main(@builtin(workgroup_id) wg: vec3u,
   let ciEnd = min(chunk * u.kper + u.kper, u.nci);
   let oh0 = (wg.y * ${wy}u + ${ly}) * ${vh}u;
   let ow0 = (wg.x * ${wx}u + ${lx}) * ${VW}u;
-  let id0 = i32(od) * ${s} - u.padD;
-  let ih0 = i32(oh0) * ${s} - u.padH;
-  let iw0 = i32(ow0) * ${s} - u.padW;
+  let id0 = i32(od) - u.padD;
+  let ih0 = i32(oh0) - u.padH;
+  let iw0 = i32(ow0) - u.padW;
   ${setup}
   ${accs.map((a) => `var ${a} = vec4f(0.0);`).join(" ")}
   for (var ci0 = chunk * u.kper; ci0 < ciEnd; ci0 += u.cit) {
@@ -269,10 +273,16 @@ fn main(@builtin(workgroup_id) wg: vec3u,
       let oc = cb * ${4 * cov}u + cv * 4u + q;
       var v = 0.0;
       if (oc < u.nco && ic < ciEnd) {
-        let kd = u.tapD + u.tapStep * i32(tap / ${t2}u);
-        let kh = u.tapH + u.tapStep * i32((tap / ${t}u) % ${t}u);
-        let kw = u.tapW + u.tapStep * i32(tap % ${t}u);
-        v = Wt[u.wShift + (u.coW + oc) * u.wOC + (u.ciW + ic) * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
+        ${
+      s2d
+        // source channel 8c + 4rd + 2rh + rw reads weight channel c at taps offset by its parities (rd, rh, rw)
+        ? "let sc = u.ciW + ic; let wc = sc / 8u; let par = vec3i(vec3u(sc / 4u, sc / 2u, sc) % 2u);"
+        : "let wc = u.ciW + ic; let par = vec3i(0);"
+    }
+        let kd = u.tapD + par.x + u.tapStep * i32(tap / ${t2}u);
+        let kh = u.tapH + par.y + u.tapStep * i32((tap / ${t}u) % ${t}u);
+        let kw = u.tapW + par.z + u.tapStep * i32(tap % ${t}u);
+        v = Wt[u.wShift + (u.coW + oc) * u.wOC + wc * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
       }
       ws[e / 4u][q] = v;
     }
@@ -316,11 +326,15 @@ interface Gather {
   b: GPUBuffer | null;
   k: number;
   taps: number; // T
-  stride: number; // S, input step per output
   wOC: number; // weight strides of a destination and a source channel
   wIC: number;
   /** The weight's outer (contiguous) axis: destination channels (forward) or source channels (input gradient). */
   wAxis: "dst" | "src";
+  /**
+   * The source is the space-to-depth (space_to_depth.ts) of x [N, srcC/8, ...shape]: 8 source channels per weight
+   * channel, made from x chunk by chunk of channels as the source windows are visited (`src` is unused).
+   */
+  s2d: { x: GPUBuffer; shape: number[]; pad: number } | null;
   srcT: Storage; // storage of the source and the destination (f16: forward for inference)
   dstT: Storage;
   /** Per parity class: sub-grid size, offset in the destination, pads, tap constants (kd = tap + tapStep*u). */
@@ -374,10 +388,40 @@ fn main(@builtin(global_invocation_id) id: vec3u) { // x: voxel of the plane, y:
 });
 const SUM_OUT = { f32: sumOut("f32"), f16: sumOut("f16") };
 
+const S2D_BYTES = 64 * 2 ** 20; // the most space-to-depth source held at once (a stride-2 forward's only extra memory)
+
+/**
+ * Source windows of a space-to-depth source: whole groups of 8 channels (one input channel each) of at most S2D_BYTES
+ * (at least one group), each made into its own buffer by `fill` when visited, so the window binds from offset 0.
+ */
+function s2dWindows(g: Gpu, p: Gather, n: number, srcPlane: number) {
+  const s2d = p.s2d!, [, cin, d, h, w] = s2d.shape, eb = STORAGE_BYTES[p.srcT];
+  const group = 8 * srcPlane * eb;
+  const per = Math.max(1, Math.min(Math.floor(S2D_BYTES / group), Math.floor((g.maxBinding - g.offsetAlign) / group)));
+  if (group > g.maxBinding - g.offsetAlign) {
+    throw new Error(`conv3d: one channel's space-to-depth (${group} bytes) exceeds the max storage binding`);
+  }
+  const out = [];
+  for (let c0 = 0; c0 < cin; c0 += per) {
+    const cc = Math.min(per, cin - c0), size = Math.ceil((cc * group) / 4) * 4;
+    const fill = () => {
+      const buf = g.alloc(size);
+      spaceToDepth2(g, s2d.x, buf, [1, cc, d, h, w], p.srcDims, s2d.pad, p.srcT, n * cin + c0);
+      return buf;
+    };
+    out.push({ first: 8 * c0, count: 8 * cc, offset: 0, shift: 0, size, fill });
+  }
+  return out;
+}
+
 function gather(g: Gpu, p: Gather) {
   const [sd, sh, sw] = p.srcDims, [dd, dh, dw] = p.dstDims;
   const srcPlane = sd * sh * sw, dstPlane = dd * dh * dw;
-  if (p.dstT === "f16" && windows(g, 0, p.srcC, srcPlane, STORAGE_BYTES[p.srcT]).length > 1) {
+  const srcWindows = (n: number, chunkBytes = 0) =>
+    p.s2d
+      ? s2dWindows(g, p, n, srcPlane)
+      : windows(g, n * p.srcC, p.srcC, srcPlane, STORAGE_BYTES[p.srcT], chunkBytes).map((w) => ({ ...w, fill: null }));
+  if (p.dstT === "f16" && srcWindows(0).length > 1) {
     // Sums over several input windows accumulate in the output: in f32, then one rounding to f16.
     const count = p.n * p.dstC * dstPlane, tmp = g.alloc(count * 4);
     gather(g, { ...p, dst: tmp, dstT: "f32" });
@@ -390,9 +434,10 @@ function gather(g: Gpu, p: Gather) {
   // fit its weight slice.
   const wPer = p.wAxis === "dst" ? p.wOC : p.wIC;
   for (let n = 0; n < p.n; n++) {
-    const [sb, db] = [STORAGE_BYTES[p.srcT], STORAGE_BYTES[p.dstT]];
+    const db = STORAGE_BYTES[p.dstT];
     for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, db, p.wAxis === "dst" ? wPer * 4 : 0)) {
-      windows(g, n * p.srcC, p.srcC, srcPlane, sb, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
+      srcWindows(n, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
+        const src = iw.fill ? iw.fill() : p.src;
         const wc = p.wAxis === "dst" ? ow : iw;
         const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
         const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
@@ -413,12 +458,12 @@ function gather(g: Gpu, p: Gather) {
           const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
           const kernel = gatherKernel(
             p.taps,
-            p.stride,
             cov,
             vh,
             plan ? plan.split : null,
             p.srcT,
             plan ? "f32" : p.dstT,
+            p.s2d !== null,
           );
           const blocks = Math.ceil(ow.count / (4 * cov));
           const chunks = plan ? plan.chunks : 1;
@@ -435,7 +480,7 @@ function gather(g: Gpu, p: Gather) {
           g.dispatch(
             kernel,
             [
-              { buffer: p.src, offset: iw.offset, size: iw.size },
+              { buffer: src, offset: iw.offset, size: iw.size },
               { buffer: p.w, offset: ww.offset, size: ww.size },
               p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
               parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
@@ -457,12 +502,17 @@ function gather(g: Gpu, p: Gather) {
           );
           g.free(parts);
         }
+        if (iw.fill) g.free(src);
       });
     }
   }
 }
 
-/** y = conv3d(x, w) + b. Buffers hold s's tensors; b may be null; x and y are stored as `types` (f32, f32). */
+/**
+ * y = conv3d(x, w) + b. Buffers hold s's tensors; b may be null; x and y are stored as `types` (f32, f32). A stride-2
+ * convolution runs as the stride-1 convolution of x's space-to-depth (space_to_depth.ts), made in chunks of at most
+ * S2D_BYTES whose partial sums accumulate in y.
+ */
 export function conv3dForward(
   g: Gpu,
   s: Conv3dShape,
@@ -472,27 +522,29 @@ export function conv3dForward(
   y: GPUBuffer,
   types: [x: Storage, y: Storage] = ["f32", "f32"],
 ) {
+  const s2d = s.stride === 2;
+  const taps = s2d ? s.k / 2 : s.k;
   gather(g, {
     n: s.n,
     src: x,
-    srcC: s.cin,
-    srcDims: [s.d, s.h, s.w],
+    srcC: s2d ? 8 * s.cin : s.cin,
+    srcDims: s2d ? [s.od, s.oh, s.ow].map((o) => o + taps - 1) : [s.d, s.h, s.w],
     dst: y,
     dstC: s.cout,
     dstDims: [s.od, s.oh, s.ow],
     w,
     b,
     k: s.k,
-    taps: s.k,
-    stride: s.stride,
+    taps,
     wOC: s.cin * s.k ** 3,
     wIC: s.k ** 3,
     wAxis: "dst",
+    s2d: s2d ? { x, shape: [s.n, s.cin, s.d, s.h, s.w], pad: s.pad } : null,
     srcT: types[0],
     dstT: types[1],
-    classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],
+    classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: s2d ? [0, 0, 0] : [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],
     outStep: 1,
-    tapStep: 1,
+    tapStep: s2d ? 2 : 1,
   });
 }
 
@@ -522,10 +574,10 @@ export function conv3dBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GP
     b: null,
     k: s.k,
     taps: Math.ceil(s.k / st),
-    stride: 1,
     wOC: s.k ** 3,
     wIC: s.cin * s.k ** 3,
     wAxis: "src",
+    s2d: null,
     srcT: "f32",
     dstT: "f32",
     classes,

@@ -42,6 +42,8 @@ export interface BenchOptions {
   plan: boolean;
   /** infer only: activations stored as f16. */
   f16?: boolean;
+  /** conv only: the convolutions whose name contains this text (all when absent). */
+  conv?: string;
 }
 
 /** One convolution of the networks: name, channels, kernel, stride, pad and input size. */
@@ -152,6 +154,10 @@ export async function runBench(
 ): Promise<Record<string, unknown>[]> {
   if (o.plan && o.profile) throw new UsageError("--plan runs no kernel, so it cannot --profile");
   if (o.f16 && o.mode !== "infer") throw new UsageError("--f16 applies to --mode infer only (f16 is for inference)");
+  if (o.conv !== undefined && o.mode !== "conv") throw new UsageError("--conv applies to --mode conv only");
+  if (!convCases(o.size, o.k).some((c) => c.name.includes(o.conv ?? ""))) {
+    throw new UsageError(`--conv "${o.conv}" names no convolution of the networks`);
+  }
   const g = device ?? (o.plan ? planGpu() : await gpu());
   let profiler: Profiler | null = null;
   if (o.profile) {
@@ -209,7 +215,7 @@ async function benchMode(
   };
 
   if (o.mode === "conv") {
-    for (const c of convCases(o.size, o.k)) {
+    for (const c of convCases(o.size, o.k).filter((c) => c.name.includes(o.conv ?? ""))) {
       await scope(async () => {
         const xs = [1, c.cin, ...c.dims], ws = [c.cout, c.cin, c.kernel, c.kernel, c.kernel];
         const s = K.conv3dShape(xs, ws, [c.cout], c.stride, c.pad);
@@ -331,7 +337,7 @@ function parseSize(v: unknown): [number, number, number] {
 export const benchCommand: Command = {
   summary: "time convolutions, inference, a pre-training step or a HAD-Net step (JSON lines)",
   usage: "hadnet bench [--mode conv|infer|pretrain|hadnet] [--size D,H,W] [--k K] [--iters N] [--warmup N] " +
-    "[--profile]\n\n" +
+    "[--profile] [--plan] [--f16] [--conv TEXT]\n\n" +
     "Prints one JSON line per result with the fields of ../shared/anchors/torch_reference.py bench (impl, device, " +
     "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
     "between GPU syncs; peak_gib is the peak of live GPU buffers (as PyTorch's max_memory_allocated), reserved_gib\n" +
@@ -346,7 +352,8 @@ export const benchCommand: Command = {
     "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)\n" +
     "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
     "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)\n" +
-    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)",
+    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)\n" +
+    '  --conv     with --mode conv: only the convolutions whose name contains this text (e.g. disc_, "unet L0")',
   options: {
     mode: { type: "string" },
     size: { type: "string" },
@@ -356,6 +363,7 @@ export const benchCommand: Command = {
     profile: { type: "boolean" },
     plan: { type: "boolean" },
     f16: { type: "boolean" },
+    conv: { type: "string" },
   },
   run: async (v, pos) => {
     if (pos.length) throw new UsageError(`bench takes no positional arguments, got "${pos.join(" ")}"`);
@@ -373,6 +381,7 @@ export const benchCommand: Command = {
         profile: v.profile === true,
         plan: v.plan === true,
         f16: v.f16 === true,
+        conv: v.conv as string | undefined,
       },
       undefined,
       (r) => console.log(JSON.stringify(r)),

@@ -76,6 +76,9 @@ Deno.test("f16 conv3d forward: split-K on small planes, and windows of a lowered
     g.setMaxBindingForTests(2048); // f16 planes of 5x6x7 (420 bytes): windows of 4 planes at unaligned starts
     await convCase([2, 9, 5, 6, 7], 6, 3, 1, 1, ["f16", "f16"]);
     await convCase([1, 9, 5, 6, 7], 5, 3, 1, 1, ["f32", "f16"]);
+    // 4x4x4 stride 2: a space-to-depth chunk (8 x 5x4x6 f16 = 1920 bytes) per input channel, summed in f32
+    g.setMaxBindingForTests(2304);
+    await convCase([1, 5, 8, 6, 10], 3, 4, 2, 1, ["f16", "f16"]);
   } finally {
     g.setMaxBindingForTests(null);
   }
