@@ -37,3 +37,17 @@ export function reqOpt(v: unknown, name: string): string {
   if (typeof v !== "string" || v === "") throw new UsageError(`${name} is required`);
   return v;
 }
+
+/** A string option that must be one of `choices` (undefined when absent), naming the option and the choices. */
+export function choiceOpt<T extends string>(v: unknown, name: string, choices: readonly T[]): T | undefined {
+  if (v === undefined) return undefined;
+  if (!choices.includes(v as T)) throw new UsageError(`${name} must be one of ${choices.join(", ")}, got "${v}"`);
+  return v as T;
+}
+
+/** Help for --conv-kernel (training, inference and bench share it; src/kernels/conv_select.ts). */
+export const CONV_KERNEL_HELP =
+  "  --conv-kernel K       convolution kernels: gather (default), channels-last (wherever it applies: 3x3x3 with\n" +
+  "                        channels in a multiple of 16, out a multiple of 32 up to 128; more memory) or tuned (both\n" +
+  "                        timed on this GPU for each shape after the first step it appears in, the faster kept and\n" +
+  '                        logged as a "tune" event)';

@@ -1,5 +1,5 @@
 // CLI commands of the inference stage.
-import { type Command, intOpt, numOpt, reqOpt, UsageError } from "../command.ts";
+import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, numOpt, reqOpt, UsageError } from "../command.ts";
 import { evaluateCommand } from "./evaluate.ts";
 
 export const inferCommands: Record<string, Command> = {
@@ -50,7 +50,8 @@ export const inferCommands: Record<string, Command> = {
       "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis\n" +
       "  --f16                 store activations as 16-bit floats (half the GPU memory; arithmetic stays 32-bit;\n" +
       "                        needs the adapter's shader-f16; not with --uncertainty mc). Labels can differ from\n" +
-      "                        the default where two classes are nearly tied (docs/performance.md)",
+      "                        the default where two classes are nearly tied (docs/performance.md)\n" +
+      CONV_KERNEL_HELP,
     options: {
       preprocessed: { type: "boolean" },
       raw: { type: "string" },
@@ -68,6 +69,7 @@ export const inferCommands: Record<string, Command> = {
       seed: { type: "string" },
       "min-et": { type: "string" },
       f16: { type: "boolean" },
+      "conv-kernel": { type: "string" },
     },
     run: async (v, pos) => {
       if (pos.length !== 2) throw new UsageError("infer takes <input-dir> <out-dir>");
@@ -107,9 +109,13 @@ export const inferCommands: Record<string, Command> = {
         ids = isFile ? await readIdList(s) : s.split(",").map((x) => x.trim()).filter((x) => x !== "");
         if (!ids.length) throw new UsageError(`--ids ${s}: no ids`);
       }
+      const { CONV_KERNELS, setConvKernels } = await import("../kernels/conv_select.ts");
+      const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? "gather";
       const { gpu } = await import("../kernels/device.ts");
       const { runInference } = await import("./infer.ts");
-      const summary = await runInference(await gpu(), {
+      const g = await gpu();
+      setConvKernels(g, convKernels);
+      const summary = await runInference(g, {
         input: pos[0],
         preprocessed: v.preprocessed === true,
         raw: v.raw as string | undefined,

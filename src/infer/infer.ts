@@ -19,6 +19,7 @@
 // running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
 // map stays the eval-mode one whatever the uncertainty mode.
 
+import { tuneConvs } from "../kernels/conv_select.ts";
 import { discoverSubjects, type Key, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
   gradeDir,
@@ -523,6 +524,7 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
         summary.warnings.push(...warnings);
         summary.done.push(s.id);
         run.write({ id: s.id, status: "done", seconds: (performance.now() - t0) / 1000, warnings });
+        for (const c of await tuneConvs(g)) run.write({ event: "tune", ...c }); // --conv-kernel tuned
       } catch (e) {
         const msg = (e as Error).message;
         const reason = msg.includes(s.id) ? msg : `subject ${s.id}: ${msg}`;

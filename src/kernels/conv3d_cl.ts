@@ -1,5 +1,6 @@
-// conv3d 3x3x3 stride 1 pad 1, forward and input gradient, as a channels-last implicit GEMM: candidates for real GPUs,
-// timed against the NCDHW gather kernel by `bench --mode conv` (a `variant` field), not yet chosen by the networks.
+// conv3d 3x3x3 stride 1 pad 1, forward and input gradient, as a channels-last implicit GEMM, the alternative to the
+// NCDHW gather kernel: `--conv-kernel channels-last|tuned` runs it in the networks (conv_select.ts), and
+// `bench --mode conv` times both (a `variant` field).
 // The design is ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5 TFLOP/s on an H100 at the
 // U-Net's first two levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) the forward ran at 0.35x (16k -> 8k at 2^3
 // voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.

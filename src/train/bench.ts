@@ -10,13 +10,14 @@
 // device (src/kernels/null_device.ts): no kernel runs, so it reports only the memory plan's peak and the dispatch
 // count, at any size, without a GPU.
 
-import { type Command, intOpt, UsageError } from "../command.ts";
+import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
 import {
   channelsLastEligible,
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
 } from "../kernels/conv3d_cl.ts";
+import { CONV_KERNELS, type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
 import { Profiler } from "../kernels/profile.ts";
@@ -44,6 +45,8 @@ export interface BenchOptions {
   f16?: boolean;
   /** conv only: the convolutions whose name contains this text (all when absent). */
   conv?: string;
+  /** infer, pretrain, hadnet: how convolution kernels are picked (conv_select.ts; default gather). */
+  convKernels?: ConvKernels;
 }
 
 /** One convolution of the networks: name, channels, kernel, stride, pad and input size. */
@@ -107,11 +110,21 @@ const median = (xs: number[]) => {
 };
 const GIB = 2 ** 30;
 
-/** Times `step` (warmup, then iters), each bracketed by gpu.sync(); returns ms per iteration and dispatches. */
-async function time(g: Gpu, o: BenchOptions, step: () => void | Promise<void>, profiler: Profiler | null) {
+/**
+ * Times `step` (warmup, then iters), each bracketed by gpu.sync(); returns ms per iteration and dispatches.
+ * `afterFirst` runs after the first warmup iteration (convolution tuning).
+ */
+async function time(
+  g: Gpu,
+  o: BenchOptions,
+  step: () => void | Promise<void>,
+  profiler: Profiler | null,
+  afterFirst?: () => Promise<void>,
+) {
   for (let i = 0; i < o.warmup; i++) {
     await step();
     await g.sync();
+    if (i === 0) await afterFirst?.();
   }
   const ms: number[] = [];
   const d0 = g.dispatches;
@@ -139,6 +152,7 @@ function baseFields(g: Gpu, o: BenchOptions) {
     size: o.size,
     k: o.k,
     ...(o.f16 ? { storage: "f16" } : {}),
+    ...(o.convKernels && o.convKernels !== "gather" ? { conv_kernels: o.convKernels } : {}),
   };
 }
 
@@ -158,7 +172,15 @@ export async function runBench(
   if (!convCases(o.size, o.k).some((c) => c.name.includes(o.conv ?? ""))) {
     throw new UsageError(`--conv "${o.conv}" names no convolution of the networks`);
   }
+  if (o.convKernels && o.convKernels !== "gather" && o.mode === "conv") {
+    throw new UsageError("--conv-kernel applies to --mode infer, pretrain and hadnet (--mode conv times every kernel)");
+  }
+  if (o.convKernels === "tuned" && o.plan) {
+    throw new UsageError("--plan runs no kernel, so it cannot time them to tune");
+  }
+  if (o.convKernels === "tuned" && o.warmup < 1) throw new UsageError("--conv-kernel tuned needs --warmup >= 1");
   const g = device ?? (o.plan ? planGpu() : await gpu());
+  setConvKernels(g, o.convKernels ?? "gather");
   let profiler: Profiler | null = null;
   if (o.profile) {
     profiler = Profiler.create(g);
@@ -181,6 +203,11 @@ async function benchMode(
   const push = (r: Record<string, unknown>) => {
     out.push(r);
     emit?.(r);
+  };
+  /** Tuned kernels: one line per measured choice after the first warmup step; the peak restarts after the scratch. */
+  const tune = async () => {
+    for (const c of await tuneConvs(g)) push({ ...baseFields(g, o), tune: c });
+    g.resetPeak();
   };
   /** Appends the result line (with TFLOP/s when flop is given) and, when profiled, one line per kernel. */
   const report = (r: Awaited<ReturnType<typeof time>>, extra: Record<string, unknown> = {}, flop = 0) => {
@@ -269,7 +296,7 @@ async function benchMode(
         const storage = o.f16 ? "f16" as const : "f32" as const;
         const step = () =>
           scope(() => void noGrad(() => argmax(teacher.forward(xt, { training: false, storage }).logits)));
-        report(await time(g, o, step, profiler), {});
+        report(await time(g, o, step, profiler, tune), {});
       } finally {
         teacher.params.dispose();
       }
@@ -286,7 +313,7 @@ async function benchMode(
             opt.step();
             student.params.zeroGrad();
           });
-        report(await time(g, o, step, profiler), {});
+        report(await time(g, o, step, profiler, tune), {});
       } finally {
         opt.dispose();
         student.params.dispose();
@@ -315,7 +342,7 @@ async function benchMode(
           scope(async () => {
             await t.step(xt, xs, y);
           });
-        report(await time(g, o, step, profiler), {});
+        report(await time(g, o, step, profiler, tune), {});
       } finally {
         t.dispose();
       }
@@ -337,7 +364,7 @@ function parseSize(v: unknown): [number, number, number] {
 export const benchCommand: Command = {
   summary: "time convolutions, inference, a pre-training step or a HAD-Net step (JSON lines)",
   usage: "hadnet bench [--mode conv|infer|pretrain|hadnet] [--size D,H,W] [--k K] [--iters N] [--warmup N] " +
-    "[--profile] [--plan] [--f16] [--conv TEXT]\n\n" +
+    "[--profile] [--plan] [--f16] [--conv TEXT] [--conv-kernel K]\n\n" +
     "Prints one JSON line per result with the fields of ../shared/anchors/torch_reference.py bench (impl, device, " +
     "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
     "between GPU syncs; peak_gib is the peak of live GPU buffers (as PyTorch's max_memory_allocated), reserved_gib\n" +
@@ -353,7 +380,9 @@ export const benchCommand: Command = {
     "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
     "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)\n" +
     "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)\n" +
-    '  --conv     with --mode conv: only the convolutions whose name contains this text (e.g. disc_, "unet L0")',
+    '  --conv     with --mode conv: only the convolutions whose name contains this text (e.g. disc_, "unet L0")\n' +
+    CONV_KERNEL_HELP + "\n" +
+    '                        (modes infer, pretrain, hadnet; tuned: not with --plan, one "tune" line per choice)',
   options: {
     mode: { type: "string" },
     size: { type: "string" },
@@ -364,13 +393,11 @@ export const benchCommand: Command = {
     plan: { type: "boolean" },
     f16: { type: "boolean" },
     conv: { type: "string" },
+    "conv-kernel": { type: "string" },
   },
   run: async (v, pos) => {
     if (pos.length) throw new UsageError(`bench takes no positional arguments, got "${pos.join(" ")}"`);
-    const mode = (v.mode ?? "hadnet") as BenchMode;
-    if (!BENCH_MODES.includes(mode)) {
-      throw new UsageError(`--mode must be one of ${BENCH_MODES.join(", ")}, got "${mode}"`);
-    }
+    const mode = choiceOpt(v.mode, "--mode", BENCH_MODES) ?? "hadnet";
     await runBench(
       {
         mode,
@@ -382,6 +409,7 @@ export const benchCommand: Command = {
         plan: v.plan === true,
         f16: v.f16 === true,
         conv: v.conv as string | undefined,
+        convKernels: choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS),
       },
       undefined,
       (r) => console.log(JSON.stringify(r)),

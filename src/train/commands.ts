@@ -1,5 +1,5 @@
 // CLI commands of the training stage.
-import { type Command, intOpt, numOpt, reqOpt, UsageError } from "../command.ts";
+import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, numOpt, reqOpt, UsageError } from "../command.ts";
 
 /** Reads the id lists named by --train, --val and (optionally) --test. */
 async function lists(v: Record<string, unknown>) {
@@ -9,6 +9,15 @@ async function lists(v: Record<string, unknown>) {
     validation: await readIdList(reqOpt(v.val, "--val")),
     test: v.test === undefined ? [] : await readIdList(reqOpt(v.test, "--test")),
   };
+}
+
+/** The GPU, its convolution kernels picked as --conv-kernel says. */
+async function convGpu(v: Record<string, unknown>) {
+  const { CONV_KERNELS, setConvKernels } = await import("../kernels/conv_select.ts");
+  const mode = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? "gather";
+  const g = await (await import("../kernels/device.ts")).gpu();
+  setConvKernels(g, mode);
+  return g;
 }
 
 function noPositionals(name: string, pos: string[]) {
@@ -27,6 +36,7 @@ const common = {
   "continuous-saving": { type: "boolean" },
   resume: { type: "boolean" },
   lr: { type: "string" },
+  "conv-kernel": { type: "string" },
 } as const;
 
 const COMMON_HELP =
@@ -38,7 +48,7 @@ const COMMON_HELP =
   "  --seed S              seeds initialisation, order, dropout and augmentation (default 0)\n" +
   "  --continuous-saving   also keep each epoch's full state (models, optimisers, scheduler) under RUNDIR/epochs/\n" +
   "  --resume              continue the run in RUNDIR from last.safetensors with the same settings (--epochs may grow)\n" +
-  "  --lr LR               learning rate (default 2e-4, the paper's)";
+  "  --lr LR               learning rate (default 2e-4, the paper's)\n" + CONV_KERNEL_HELP;
 
 export const trainCommands: Record<string, Command> = {
   parity: {
@@ -77,7 +87,6 @@ export const trainCommands: Record<string, Command> = {
         throw new UsageError(`--role must be teacher or student, got "${role}"`);
       }
       const { pretrain, PRETRAIN_DEFAULTS: D } = await import("./pretrain.ts");
-      const { gpu } = await import("../kernels/device.ts");
       const cfg = {
         ...D,
         role: role as "teacher" | "student",
@@ -92,7 +101,7 @@ export const trainCommands: Record<string, Command> = {
         lrPlateau: !!v["lr-plateau"],
         continuousSaving: !!v["continuous-saving"],
       };
-      const r = await pretrain(await gpu(), cfg, { resume: !!v.resume });
+      const r = await pretrain(await convGpu(v), cfg, { resume: !!v.resume });
       const last = r.history.at(-1);
       console.log(JSON.stringify({ out: cfg.out, epochs: r.history.length, metric: last?.metric, test: r.test }));
       return 0;
@@ -126,7 +135,6 @@ export const trainCommands: Record<string, Command> = {
     run: async (v, pos) => {
       noPositionals("train", pos);
       const { trainHadnet, HADNET_DEFAULTS: D } = await import("./hadnet.ts");
-      const { gpu } = await import("../kernels/device.ts");
       const cfg = {
         ...D,
         data: reqOpt(v.data, "--data"),
@@ -143,7 +151,7 @@ export const trainCommands: Record<string, Command> = {
         seed: intOpt(v.seed, "--seed", 0, 2 ** 31) ?? D.seed,
         continuousSaving: !!v["continuous-saving"],
       };
-      const r = await trainHadnet(await gpu(), cfg, { resume: !!v.resume });
+      const r = await trainHadnet(await convGpu(v), cfg, { resume: !!v.resume });
       const last = r.history.at(-1);
       console.log(JSON.stringify({ out: cfg.out, epochs: r.history.length, metric: last?.metric, test: r.test }));
       return 0;

@@ -14,6 +14,7 @@
 // resume checkpoint holds teacher, student, discriminator and both optimisers). Random streams: discriminator init
 // seed, shuffle seed + 1, dropout seed + 2.
 
+import { tuneConvs } from "../kernels/conv_select.ts";
 import type { Sample } from "../data/augment.ts";
 import { Progress } from "../data/progress.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -305,6 +306,7 @@ export async function trainHadnet(
         losses.push(...r.losses);
         discSteps += r.discStepped ? 1 : 0;
         accSum += r.accuracy;
+        for (const c of await tuneConvs(g)) run!.log({ event: "tune", epoch, ...c }); // --conv-kernel tuned
         bar!.tick();
       });
       const lv = await readAll(losses);

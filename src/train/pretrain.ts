@@ -11,6 +11,7 @@
 // augmentation streams) goes to the resume checkpoint, so a resumed seeded run ends identical to an uninterrupted
 // one. Random streams: init seed, shuffle seed + 1, dropout seed + 2, augmentation seed + 3.
 
+import { tuneConvs } from "../kernels/conv_select.ts";
 import { augment, type Sample } from "../data/augment.ts";
 import { computeSemantics, loadSemantics, type Semantics } from "../data/loader.ts";
 import { Progress } from "../data/progress.ts";
@@ -232,6 +233,7 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
         loss.dispose();
         if (!Number.isFinite(v)) throw new Error(`epoch ${epoch}, subject ${id}: training loss is ${v}`);
         lossSum += v;
+        for (const c of await tuneConvs(g)) run!.log({ event: "tune", epoch, ...c }); // --conv-kernel tuned
         bar!.tick();
       });
       const v = await evaluate(g, net, cfg.validation, (id) => cache.get(id), weights, () => bar!.tick());

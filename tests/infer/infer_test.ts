@@ -119,6 +119,13 @@ Deno.test("infer --help documents every option", () => {
   for (const o of Object.keys(options)) assert.ok(usage.includes(`--${o} `), `--${o} missing from --help`);
 });
 
+Deno.test("infer refuses an unknown --conv-kernel, naming the choices", async () => {
+  await assert.rejects(
+    () => inferCommands.infer.run({ "conv-kernel": "fastest" }, ["in", "out"]),
+    /--conv-kernel must be one of gather, channels-last, tuned, got "fastest"/,
+  );
+});
+
 Deno.test("fitBox/unfit: pad from floor(diff/2), cut from |floor(diff/2)| as the original; unfit inverts", () => {
   const box = fitBox([23, 29, 35], [32, 32, 32]);
   assert.deepEqual(box, { src: [0, 0, 2], dst: [4, 1, 0], size: [23, 29, 32] });

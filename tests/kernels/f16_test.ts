@@ -3,6 +3,7 @@
 // lowered binding limits (f16 windows start at other offsets than f32 ones). A stored result may differ from the
 // correctly rounded reference by one f16 unit in the last place plus the f32 accumulation's own error, bounded by
 // n * 2^-24 * sum |terms| for a sum of n terms (Higham's gamma_n), which matters where terms cancel. These tests need the adapter's shader-f16 (lavapipe has it) and fail without it.
+import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import assert from "node:assert/strict";
 import * as C from "../../src/kernels/conv3d.ts";
 import { instanceNormRef } from "../../src/kernels/norm.ts";
@@ -67,6 +68,14 @@ Deno.test("f16 conv3d forward: f32 -> f16, f16 -> f16 and f16 -> f32 (the U-Net'
   await convCase([2, 5, 6, 7, 5], 6, 3, 1, 1, ["f16", "f16"]);
   await convCase([1, 6, 7, 5, 9], 4, 1, 1, 0, ["f16", "f32"]);
   await convCase([1, 5, 8, 6, 10], 7, 4, 2, 1, ["f16", "f16"]);
+  // Channels-last (f32 only) would take this shape; f16 storage keeps it on the gather kernel.
+  const g = await testGpuF16();
+  setConvKernels(g, "channels-last");
+  try {
+    await convCase([1, 16, 3, 4, 5], 32, 3, 1, 1, ["f16", "f16"]);
+  } finally {
+    setConvKernels(g, "gather");
+  }
 });
 
 Deno.test("f16 conv3d forward: split-K on small planes, and windows of a lowered binding limit", async () => {

@@ -1,6 +1,7 @@
 // Pre-training and HAD-Net training end to end on a tiny synthetic dataset (32^3 volumes, k = 2): losses fall, runs
 // resume bit-exactly, the run folder holds what it should, and bad input stops before anything is written.
 import assert from "node:assert/strict";
+import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import { computeSemantics } from "../../src/data/loader.ts";
 import { preprocessDataset } from "../../src/data/preprocess.ts";
 import { readJsonl } from "../../src/data/progress.ts";
@@ -115,6 +116,28 @@ Deno.test({
     assert.deepEqual(epochs(split.out), epochs(whole.out));
     const ck = await loadSafetensors(`${whole.out}/${RESUME_FILE}`);
     assert.deepEqual([...ck.tensors.get("opt.step")!.data].every((s) => s === 4), true); // 2 epochs x 2 subjects
+  },
+});
+
+Deno.test({
+  name: "pretrain --conv-kernel tuned: eligible shapes are timed after the first step and logged as tune events",
+  sanitizeResources: false,
+  fn: async () => {
+    const g = await testGpu();
+    const cfg = pretrainCfg({ epochs: 1 });
+    setConvKernels(g, "tuned");
+    try {
+      await pretrain(g, cfg, quiet);
+    } finally {
+      setConvKernels(g, "gather");
+    }
+    // At k = 2 channels-last takes the bottom level's 16 -> 32 forward and the 32 -> 16 input gradient (2^3 voxels).
+    const tunes = readJsonl(`${cfg.out}/log.jsonl`).filter((e) => e.event === "tune");
+    assert.deepEqual(tunes.map((e) => [e.epoch, e.conv]), [
+      [1, "forward [1,16,2,2,2] -> 32, k3 s1 p1"],
+      [1, "input_grad [1,32,2,2,2] -> 16, k3 s1 p1"],
+    ]);
+    for (const e of tunes) assert.ok(e.variant === "gather" || e.variant === "channels-last");
   },
 });
 

@@ -1,5 +1,7 @@
-// Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts).
+// Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts). The forward and input
+// gradient run the kernel chosen for their shape (src/kernels/conv_select.ts).
 import * as K from "../../kernels/conv3d.ts";
+import { convBackwardInput, convForward } from "../../kernels/conv_select.ts";
 import type { Storage } from "../../kernels/device.ts";
 import { record, storageOf, Tensor } from "../tensor.ts";
 
@@ -20,13 +22,13 @@ export function conv3d(
   const s = K.conv3dShape(x.shape, w.shape, b?.shape ?? null, stride, pad);
   const g = x.gpu;
   const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow], out);
-  K.conv3dForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer, [storageOf(x, "conv3d"), out]);
+  convForward(g, s, x.buffer, w.buffer, b?.buffer ?? null, y.buffer, [storageOf(x, "conv3d"), out]);
   const [needDx, needDw, needDb] = [x.requiresGrad, w.requiresGrad, !!b?.requiresGrad];
   record(y, b ? [x, w, b] : [x, w], (dy) => {
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
     if (needDx) {
       dx = Tensor.empty(g, x.shape);
-      K.conv3dBackwardInput(g, s, dy.buffer, w.buffer, dx.buffer);
+      convBackwardInput(g, s, dy.buffer, w.buffer, dx.buffer);
     }
     if (needDw) {
       dw = Tensor.empty(g, w.shape);

@@ -1,0 +1,126 @@
+// Which kernel runs a convolution's forward and input gradient: the NCDHW gather kernel (conv3d.ts, every shape) or,
+// where eligible, the channels-last GEMM (conv3d_cl.ts). Which is faster depends on the device and the shape (on
+// lavapipe channels-last ran 0.35x-1.9x the gather's speed by layer), so it is a per-device mode (`--conv-kernel`):
+// - "gather" (the default): the gather kernel everywhere;
+// - "channels-last": channels-last wherever eligible (to measure it, and to plan its memory);
+// - "tuned": measured, not guessed. Every eligible shape seen since the last tuneConvs call is timed there with both
+//   kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the gather.
+// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of its source
+// and result (and the reordered weights) during the call.
+
+import { conv3dBackwardInput, conv3dForward, type Conv3dShape } from "./conv3d.ts";
+import { channelsLastEligible, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "./conv3d_cl.ts";
+import type { Gpu, Storage } from "./device.ts";
+
+export type ConvPass = "forward" | "input_grad";
+export type ConvVariant = "gather" | "channels-last";
+export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
+export type ConvKernels = typeof CONV_KERNELS[number];
+
+interface Table {
+  mode: ConvKernels;
+  chosen: Map<string, ConvVariant>;
+  /** Eligible shapes seen in tuned mode and not yet timed. */
+  pending: Map<string, { s: Conv3dShape; pass: ConvPass }>;
+}
+const tables = new WeakMap<Gpu, Table>();
+
+function table(g: Gpu): Table {
+  let t = tables.get(g);
+  if (!t) tables.set(g, t = { mode: "gather", chosen: new Map(), pending: new Map() });
+  return t;
+}
+
+const key = (s: Conv3dShape, pass: ConvPass) =>
+  `${pass} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
+
+/** Whether channels-last can run this pass (the input gradient is the convolution with Cin and Cout swapped). */
+export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ConvPass): boolean {
+  return channelsLastEligible(g, pass === "forward" ? s : { ...s, cin: s.cout, cout: s.cin });
+}
+
+/** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
+export function setConvKernels(g: Gpu, mode: ConvKernels) {
+  table(g).mode = mode;
+}
+
+/** The variant a pass of this shape runs now. */
+export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass): ConvVariant {
+  const t = table(g);
+  if (t.mode === "gather" || !channelsLastTakes(g, s, pass)) return "gather";
+  if (t.mode === "channels-last") return "channels-last";
+  const k = key(s, pass), v = t.chosen.get(k);
+  if (!v) t.pending.set(k, { s, pass });
+  return v ?? "gather";
+}
+
+/** y = conv3d(x, w) + b with the chosen kernel (see conv3dForward). */
+export function convForward(
+  g: Gpu,
+  s: Conv3dShape,
+  x: GPUBuffer,
+  w: GPUBuffer,
+  b: GPUBuffer | null,
+  y: GPUBuffer,
+  types: [x: Storage, y: Storage] = ["f32", "f32"],
+) {
+  const f32 = types[0] === "f32" && types[1] === "f32";
+  if (f32 && convVariant(g, s, "forward") === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y);
+  else conv3dForward(g, s, x, w, b, y, types);
+}
+
+/** dx (assigned) from dy and w with the chosen kernel (see conv3dBackwardInput). */
+export function convBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GPUBuffer, dx: GPUBuffer) {
+  if (convVariant(g, s, "input_grad") === "channels-last") conv3dBackwardInputChannelsLast(g, s, dy, w, dx);
+  else conv3dBackwardInput(g, s, dy, w, dx);
+}
+
+/** One measured choice: milliseconds per call of each variant (median) and the one kept. */
+export interface ConvChoice {
+  conv: string;
+  gather_ms: number;
+  channels_last_ms: number;
+  variant: ConvVariant;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+/**
+ * In tuned mode, times both variants of every eligible shape seen since the last call (one untimed call each, then
+ * the median of `iters`, each call followed by gpu.sync()) on scratch buffers, and keeps the faster. Call it between
+ * steps; it returns what it measured (nothing in the other modes).
+ */
+export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
+  const t = table(g), out: ConvChoice[] = [];
+  if (!t.pending.size) return out;
+  await g.sync(); // the step's own work must not count against the first variant timed
+  for (const [k, { s, pass }] of t.pending) {
+    const [vin, vout] = [s.d * s.h * s.w, s.od * s.oh * s.ow];
+    const [src, dst] = pass === "forward" ? [s.cin * vin, s.cout * vout] : [s.cout * vout, s.cin * vin];
+    const [a, w, b, y] = [s.n * src, s.cout * s.cin * s.k ** 3, s.cout, s.n * dst].map((n) => g.alloc(n * 4));
+    const run = (v: ConvVariant) => {
+      if (pass === "forward") {
+        if (v === "gather") conv3dForward(g, s, a, w, b, y);
+        else conv3dForwardChannelsLast(g, s, a, w, b, y);
+      } else if (v === "gather") conv3dBackwardInput(g, s, a, w, y);
+      else conv3dBackwardInputChannelsLast(g, s, a, w, y);
+    };
+    const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
+    for (const v of ["gather", "channels-last"] as const) {
+      const times = [];
+      for (let i = 0; i <= iters; i++) {
+        const t0 = performance.now();
+        run(v);
+        await g.sync();
+        if (i > 0) times.push(performance.now() - t0);
+      }
+      ms[v] = median(times);
+    }
+    for (const buf of [a, w, b, y]) g.free(buf);
+    const variant = ms["channels-last"] < ms.gather ? "channels-last" : "gather";
+    t.chosen.set(k, variant);
+    out.push({ conv: k, gather_ms: ms.gather, channels_last_ms: ms["channels-last"], variant });
+  }
+  t.pending.clear();
+  return out;
+}

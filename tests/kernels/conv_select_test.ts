@@ -1,0 +1,64 @@
+import assert from "node:assert/strict";
+import * as K from "../../src/kernels/conv3d.ts";
+import { convVariant, setConvKernels, tuneConvs } from "../../src/kernels/conv_select.ts";
+import type { Gpu } from "../../src/kernels/device.ts";
+import { conv3d } from "../../src/nn/ops/conv.ts";
+import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
+import { assertClose, rand, testGpu } from "../util.ts";
+
+/** conv3d forward and input gradient through the op (3x3x3, pad 1, bias), checked against the CPU references. */
+async function convOp(g: Gpu, xs: number[], cout: number) {
+  await scope(async () => {
+    const ws = [cout, xs[1], 3, 3, 3], s = K.conv3dShape(xs, ws, [cout], 1, 1);
+    const xv = rand(xs.reduce((a, b) => a * b), 41), wv = rand(ws.reduce((a, b) => a * b), 42), bv = rand(cout, 43);
+    const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 44);
+    const x = Tensor.from(g, xs, xv);
+    x.requiresGrad = true;
+    const y = conv3d(x, Tensor.from(g, ws, wv), Tensor.from(g, [cout], bv), 1, 1);
+    backward(y, Tensor.from(g, y.shape, dyv));
+    const [yg, dx] = await readAll([y, x.grad!]);
+    assertClose(yg, K.conv3dRef(xv, wv, bv, s), 1e-5, "forward");
+    assertClose(dx, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, "dx");
+    x.grad!.dispose();
+  });
+}
+
+const shape = (xs: number[], cout: number) => K.conv3dShape(xs, [cout, xs[1], 3, 3, 3], [cout], 1, 1);
+
+Deno.test("conv kernels: gather by default, channels-last where eligible in that mode, both exact", async () => {
+  const g = await testGpu();
+  const s = shape([2, 32, 5, 6, 7], 32), small = shape([1, 3, 5, 6, 7], 32);
+  try {
+    assert.equal(convVariant(g, s, "forward"), "gather");
+    setConvKernels(g, "channels-last");
+    assert.equal(convVariant(g, s, "forward"), "channels-last");
+    assert.equal(convVariant(g, s, "input_grad"), "channels-last");
+    assert.equal(convVariant(g, small, "forward"), "gather"); // 3 channels in: not eligible
+    await convOp(g, [2, 32, 5, 6, 7], 32); // odd sizes, N = 2, through channels-last
+    await convOp(g, [1, 16, 5, 6, 7], 32); // forward channels-last, input gradient (32 -> 16) gather
+  } finally {
+    setConvKernels(g, "gather");
+  }
+});
+
+Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster kept; the rest stay gather", async () => {
+  const g = await testGpu();
+  const s = shape([1, 16, 4, 5, 6], 32);
+  try {
+    setConvKernels(g, "tuned");
+    assert.deepEqual(await tuneConvs(g, 1), []); // nothing seen yet
+    await convOp(g, [1, 16, 4, 5, 6], 32); // forward eligible (16 -> 32), input gradient not (32 -> 16)
+    await convOp(g, [1, 3, 4, 5, 6], 8); // not eligible at all
+    assert.equal(convVariant(g, s, "forward"), "gather"); // until timed
+    const choices = await tuneConvs(g, 1);
+    assert.deepEqual(choices.map((c) => c.conv), ["forward [1,16,4,5,6] -> 32, k3 s1 p1"]);
+    const [c] = choices;
+    assert.ok(c.gather_ms > 0 && c.channels_last_ms > 0);
+    assert.equal(c.variant, c.channels_last_ms < c.gather_ms ? "channels-last" : "gather");
+    assert.equal(convVariant(g, s, "forward"), c.variant);
+    await convOp(g, [1, 16, 4, 5, 6], 32); // exact with whichever was kept
+    assert.deepEqual(await tuneConvs(g, 1), []); // timed once
+  } finally {
+    setConvKernels(g, "gather");
+  }
+});
