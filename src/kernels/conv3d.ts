@@ -345,8 +345,8 @@ interface Gather {
 
 const SPLIT_POSITIONS = 32; // split when an output slice has at most this many thread positions (of WX*WY = 64)
 const SPLIT_MIN_CHANNELS = 16; // ... and at least this many source channels to split
-const SPLIT_WORKGROUPS = 64;
-const SIMD = 8; // f32 lanes of a 256-bit CPU vector: llvmpipe runs 8 invocations along x at once // chunks across workgroups until the dispatch has about this many
+const SPLIT_WORKGROUPS = 64; // chunks across workgroups until the dispatch has about this many
+const SIMD = 8; // f32 lanes of a 256-bit CPU vector: llvmpipe runs 8 invocations along x at once
 
 /** Split-K plan for one destination window, or null when the slice fills the 8x8 tile or the channels are few. */
 function splitPlan(g: Gpu, p: Gather, size: number[], cov: number, dstCount: number, srcCount: number) {

@@ -6,11 +6,14 @@
 // voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.
 //
 // Layouts: the source [N,K,D,H,W] and the result [N,N',D,H,W] (NCDHW, as everywhere) are transposed around the GEMM
-// to [V][K] and [V][N'] per sample (V = D*H*W); the weights are reordered to [27][K][N'] (tap-major K). Forward: K =
-// Cin, N' = Cout, weights transposed. Input gradient: the source is dy, K = Cout, N' = Cin, and the taps reversed (the
-// transposed convolution of a 3x3x3 pad-1 stride-1 one is such a convolution). The GEMM: a workgroup of 256 threads
-// takes 256 voxels x all N'; each thread 8 voxels x N'/8 channels in named vec4 accumulators; K runs over taps, then
-// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][N']). The transpose back adds the bias.
+// to [V][K] and [V][N'] (V: the voxels of a depth slab, below); the weights are reordered to [27][K][N'] (tap-major
+// K). Forward: K = Cin, N' = Cout, weights transposed. Input gradient: the source is dy, K = Cout, N' = Cin, and the
+// taps reversed (the transposed convolution of a 3x3x3 pad-1 stride-1 one is such a convolution). The GEMM: a
+// workgroup of 256 threads takes 256 voxels x all N'; each thread 8 voxels x N'/8 channels in named vec4
+// accumulators; K runs over taps, then channels in steps of 16 staged in workgroup memory ([16][256 voxels] and
+// [16][N']). The transpose back adds the bias.
+// The volume goes through in depth slabs: each slab's output slices, and its source slices with one halo slice each
+// side, so that the transposed copies stay within CL_SCRATCH (and one binding) whatever the volume's size.
 // Eligible: K a multiple of 16, N' of 32 and at most 128 (more accumulators spill), every operand within one binding.
 // Nothing is saved; the weight gradient stays with the split-K kernel.
 
@@ -18,6 +21,11 @@ import type { Conv3dShape } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
 
 const BM = 256, BK = 16;
+/**
+ * The most transposed source and result held at once (the volume is taken in depth slabs that fit): at 160x192x160,
+ * k=32 four to five slabs per level-0 convolution, and every memory target holds with channels-last everywhere.
+ */
+const CL_SCRATCH = 256 * 2 ** 20;
 
 /** Whether the channels-last kernel takes this convolution (see the header). */
 export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
@@ -27,9 +35,12 @@ export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
     (BK * BM + BK * s.cout) * 4 <= g.maxWorkgroupStorage; // the staged inputs and weights
 }
 
-/** The GEMM for `cin` channels in (K) and `cout` out (N) over a D x H x W volume. */
-function gemmKernel(cin: number, cout: number, d: number, h: number, w: number): Kernel {
-  const v = d * h * w, nv = cout / 32;
+/**
+ * The GEMM for `cin` channels in (K) and `cout` out (N) over a slab of u.nz output slices of H x W, starting at slice
+ * u.z0 of a volume of u.D slices; the source holds slices u.zlo and up ([V][K]), the result the slab's ([V][N]).
+ */
+function gemmKernel(cin: number, cout: number, h: number, w: number): Kernel {
+  const nv = cout / 32;
   const acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
@@ -45,18 +56,18 @@ function gemmKernel(cin: number, cout: number, d: number, h: number, w: number):
   }
   let stores = "";
   for (let r = 0; r < 8; r++) {
-    stores += `{ let o = vb + rg * 8u + ${r}u; if (o < ${v}u) {`;
+    stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
     for (let j = 0; j < nv; j++) stores += ` Y[o * ${cout / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
     stores += " } }\n";
   }
   // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
   let rows = "", loads = "";
   for (let i = 0; i < 4; i++) {
-    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${h * w}u); ` +
+    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${h * w}u + u.z0); ` +
       `let y${i} = i32((v${i} / ${w}u) % ${h}u); let x${i} = i32(v${i} % ${w}u);\n`;
     loads += `{ let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx; var a = vec4f(0.0);
-      if (v${i} < ${v}u && zz >= 0 && zz < ${d} && yy >= 0 && yy < ${h} && xx >= 0 && xx < ${w}) {
-        a = X[((u32(zz) * ${h * w}u + u32(yy) * ${w}u + u32(xx)) * ${cin}u + ci0) / 4u + t % 4u];
+      if (v${i} < nvox && zz >= 0 && zz < i32(u.D) && yy >= 0 && yy < ${h} && xx >= 0 && xx < ${w}) {
+        a = X[((u32(zz) - u.zlo) * ${h * w}u + u32(yy) * ${w}u + u32(xx)) * ${cin / 4}u + ci0 / 4u + t % 4u];
       }
       let row = t / 4u + ${64 * i}u; let kq = (t % 4u) * 4u;
       As[kq * 64u + row / 4u][row % 4u] = a.x; As[(kq + 1u) * 64u + row / 4u][row % 4u] = a.y;
@@ -64,18 +75,19 @@ function gemmKernel(cin: number, cout: number, d: number, h: number, w: number):
   }
   const bvecs = BK * cout / 4;
   return {
-    name: `conv3d_cl_gemm_${cin}x${cout}_${d}x${h}x${w}`,
+    name: `conv3d_cl_gemm_${cin}x${cout}_${h}x${w}`,
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][Cin]
 @group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [27][Cin][Cout]
 @group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [V][Cout]
-struct U { gridx: u32, p0: u32, p1: u32, p2: u32 }
+struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
 var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][Cout]
 @compute @workgroup_size(${BM})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   let vb = (wg.y * u.gridx + wg.x) * ${BM}u;
+  let nvox = u.nz * ${h * w}u;
   let rg = t / 8u;
   let cg = t % 8u;
   ${rows}
@@ -95,14 +107,18 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   };
 }
 
-/** T[dst + j * rows + i] = S[src + i * cols + j] (+ B[j] when bias): a [rows][cols] matrix transposed. */
+/**
+ * T[dst + j * dstStride + i] = S[src + i * srcStride + j] (+ B[j] when bias): a [rows][cols] matrix transposed, each
+ * side's rows `stride` apart (a slab of every channel's plane).
+ */
 const TRANSPOSE: Kernel = {
   name: "conv3d_cl_transpose",
   wgsl: `
 @group(0) @binding(0) var<storage, read> S: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> T: array<f32>;
-struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, tilesX: u32, gridX: u32, p0: u32 }
+struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, tilesX: u32, gridX: u32, srcStride: u32,
+  dstStride: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> tile: array<array<f32, 17>, 16>; // 17: no bank conflicts on the transposed read
 @compute @workgroup_size(16, 16)
@@ -112,14 +128,14 @@ fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u)
   let wg = vec2u(q % u.tilesX, q / u.tilesX);
   let i = wg.y * 16u + l.y; // source row
   let j = wg.x * 16u + l.x; // source column
-  if (i < u.rows && j < u.cols) { tile[l.y][l.x] = S[u.src + i * u.cols + j]; }
+  if (i < u.rows && j < u.cols) { tile[l.y][l.x] = S[u.src + i * u.srcStride + j]; }
   workgroupBarrier();
   let ti = wg.x * 16u + l.y; // destination row (a source column)
   let tj = wg.y * 16u + l.x; // destination column (a source row)
   if (ti < u.cols && tj < u.rows) { // tiles past the last (the grid's spare workgroups) fail i < rows and tj < rows
     var r = tile[l.x][l.y];
     if (u.bias != 0u) { r += B[ti]; }
-    T[u.dst + ti * u.rows + tj] = r;
+    T[u.dst + ti * u.dstStride + tj] = r;
   }
 }`,
 };
@@ -146,11 +162,14 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 }`,
 };
 
-/** A [rows][cols] matrix at element `src` of one buffer, transposed into another at element `dst` (+ bias). */
+/**
+ * A [rows][cols] matrix at element `src` of one buffer (rows `src[2]` apart), transposed into another at element `dst`
+ * (rows `dst[2]` apart), + bias.
+ */
 function transpose(
   g: Gpu,
-  src: [GPUBuffer, number],
-  dst: [GPUBuffer, number],
+  src: [GPUBuffer, number, number],
+  dst: [GPUBuffer, number, number],
   rows: number,
   cols: number,
   bias: GPUBuffer | null,
@@ -159,11 +178,11 @@ function transpose(
   g.dispatch(
     TRANSPOSE,
     [
-      { buffer: src[0], size: (src[1] + rows * cols) * 4 },
+      { buffer: src[0], size: (src[1] + (rows - 1) * src[2] + cols) * 4 },
       bias ? { buffer: bias } : { buffer: src[0], size: 4 },
-      { buffer: dst[0], size: (dst[1] + rows * cols) * 4 },
+      { buffer: dst[0], size: (dst[1] + (cols - 1) * dst[2] + rows) * 4 },
     ],
-    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], 0]),
+    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], src[2], dst[2], 0, 0, 0]),
     grid,
   );
 }
@@ -186,18 +205,29 @@ function run(
         `${n} out a multiple of 32 up to 128, one binding per operand)`,
     );
   }
-  const v = s.d * s.h * s.w, m = 27 * k * n;
-  const wt = g.alloc(m * 4), st = g.alloc(v * k * 4), ot = g.alloc(v * n * 4);
+  const hw = s.h * s.w, v = s.d * hw, m = 27 * k * n;
+  // Depth slabs of nz output slices: the source's with one halo slice each side, transposed, at most CL_SCRATCH.
+  const budget = Math.min(CL_SCRATCH, g.maxBinding); // each is bound whole
+  const nz = Math.max(1, Math.min(s.d, Math.floor((budget / (hw * 4) - 2 * k) / (k + n))));
+  const held = Math.min(s.d, nz + 2);
+  const wt = g.alloc(m * 4), st = g.alloc(held * hw * k * 4), ot = g.alloc(nz * hw * n * 4);
   const rgrid = grid1d(g, Math.ceil(m / 256));
   const rw = [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }];
   g.dispatch(REORDER, rw, new Uint32Array([k, n, m, rgrid[0], flip ? 1 : 0, 0, 0, 0]), rgrid);
-  const groups = Math.ceil(v / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
-  const kernel = gemmKernel(k, n, s.d, s.h, s.w);
-  const gemm = [{ buffer: st, size: v * k * 4 }, { buffer: wt, size: m * 4 }, { buffer: ot, size: v * n * 4 }];
+  const kernel = gemmKernel(k, n, s.h, s.w);
+  const gemm = [{ buffer: st, size: held * hw * k * 4 }, { buffer: wt, size: m * 4 }, {
+    buffer: ot,
+    size: nz * hw * n * 4,
+  }];
   for (let i = 0; i < s.n; i++) {
-    transpose(g, [src, i * k * v], [st, 0], k, v, null); // [K][V] -> [V][K]
-    g.dispatch(kernel, gemm, new Uint32Array([gx, 0, 0, 0]), [gx, Math.ceil(groups / gx), 1]);
-    transpose(g, [ot, 0], [out, i * n * v], v, n, b); // [V][N] -> [N][V], + bias
+    for (let z0 = 0; z0 < s.d; z0 += nz) {
+      const z1 = Math.min(s.d, z0 + nz), zlo = Math.max(0, z0 - 1), zhi = Math.min(s.d, z1 + 1);
+      transpose(g, [src, (i * k * s.d + zlo) * hw, v], [st, 0, k], k, (zhi - zlo) * hw, null); // [K][V] -> [V][K]
+      const groups = Math.ceil(((z1 - z0) * hw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
+      const u = new Uint32Array([gx, z0, z1 - z0, zlo, s.d, 0, 0, 0]);
+      g.dispatch(kernel, gemm, u, [gx, Math.ceil(groups / gx), 1]);
+      transpose(g, [ot, 0, n], [out, (i * n * s.d + z0) * hw, v], (z1 - z0) * hw, n, b); // [V][N] -> [N][V], + bias
+    }
   }
   for (const t of [wt, st, ot]) g.free(t);
 }

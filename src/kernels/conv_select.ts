@@ -5,8 +5,8 @@
 // - "channels-last": channels-last wherever eligible (to measure it, and to plan its memory);
 // - "tuned": measured, not guessed. Every eligible shape seen since the last tuneConvs call is timed there with both
 //   kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the gather.
-// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of its source
-// and result (and the reordered weights) during the call.
+// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of a depth
+// slab of its source and result (at most 256 MiB) and the reordered weights during the call.
 
 import { conv3dBackwardInput, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import { channelsLastEligible, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "./conv3d_cl.ts";

@@ -31,7 +31,8 @@ const kernel = (t: Storage): Kernel => {
     wgsl: `${enables(t)}
 @group(0) @binding(0) var<storage, read> x: array<${t}>;
 @group(0) @binding(1) var<storage, read_write> xs: array<${t}>;
-struct U { D: u32, H: u32, W: u32, MD: u32, MH: u32, MW: u32, xshift: u32, yshift: u32, pad: i32, p0: u32, p1: u32, p2: u32 }
+struct U {
+  D: u32, H: u32, W: u32, MD: u32, MH: u32, MW: u32, xshift: u32, yshift: u32, pad: i32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) id: vec3u) {

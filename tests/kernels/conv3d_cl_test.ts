@@ -58,6 +58,19 @@ Deno.test("conv3d channels-last input gradient matches the reference (Cin and Co
   g.free(b);
 });
 
+Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered binding): forward and dx", async () => {
+  const g = await testGpu();
+  // 64 KiB: slabs of 7 of the 9 output slices (6x7 each, 16 + 32 channels), so the slab boundary needs halo slices
+  // on both sides and the last slab is shorter; the whole tensors and weights still fit one binding.
+  g.setMaxBindingForTests(64 * 1024);
+  try {
+    await check([1, 16, 9, 6, 7], 32, true);
+    await checkDx([1, 32, 9, 6, 7], 16);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+});
+
 Deno.test("conv3d channels-last takes only 3x3x3 stride 1 with Cin % 16, Cout % 32 <= 128, and says why not", async () => {
   const g = await testGpu();
   const shape = (cin: number, cout: number, k = 3, stride = 1, pad = 1) =>
