@@ -109,13 +109,14 @@ export const inferCommands: Record<string, Command> = {
         ids = isFile ? await readIdList(s) : s.split(",").map((x) => x.trim()).filter((x) => x !== "");
         if (!ids.length) throw new UsageError(`--ids ${s}: no ids`);
       }
-      const { CONV_KERNELS, setConvKernels } = await import("../kernels/conv_select.ts");
-      const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? "gather";
+      const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
+      const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS);
+      if (v.f16 === true && (convKernels ?? "gather") !== "gather") {
+        throw new UsageError(`--conv-kernel ${convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
+      }
       const { gpu } = await import("../kernels/device.ts");
       const { runInference } = await import("./infer.ts");
-      const g = await gpu();
-      setConvKernels(g, convKernels);
-      const summary = await runInference(g, {
+      const summary = await runInference(await gpu(), {
         input: pos[0],
         preprocessed: v.preprocessed === true,
         raw: v.raw as string | undefined,
@@ -134,6 +135,7 @@ export const inferCommands: Record<string, Command> = {
         seed: intOpt(v.seed, "--seed", 0, 2 ** 32 - 1) ?? 0,
         minEt: intOpt(v["min-et"], "--min-et"),
         f16: v.f16 === true,
+        convKernels,
       });
       return summary.failed.length ? 1 : 0;
     },

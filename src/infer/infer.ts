@@ -19,7 +19,7 @@
 // running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
 // map stays the eval-mode one whatever the uncertainty mode.
 
-import { tuneConvs } from "../kernels/conv_select.ts";
+import { type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { discoverSubjects, type Key, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
   gradeDir,
@@ -83,6 +83,8 @@ export interface InferOptions {
   minEt?: number;
   /** Store activations as f16 (the adapter's shader-f16; not with MC dropout). */
   f16?: boolean;
+  /** How convolution kernels are picked (conv_select.ts; default gather; f16 storage runs the gather kernel only). */
+  convKernels?: ConvKernels;
   /** Progress and messages; default stderr. */
   write?: (text: string) => void;
 }
@@ -472,6 +474,10 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (o.f16 && !g.features.has("shader-f16")) {
     throw new Error(`--f16 needs the adapter's shader-f16 feature, which ${g.adapterName} lacks`);
   }
+  if (o.f16 && (o.convKernels ?? "gather") !== "gather") {
+    throw new Error(`--conv-kernel ${o.convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
+  }
+  setConvKernels(g, o.convKernels ?? "gather");
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
   const semantics = await loadSemantics(o.semantics);
   const channels = o.role === "teacher" ? semantics.teacherChannels : semantics.studentChannels;
@@ -524,7 +530,6 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
         summary.warnings.push(...warnings);
         summary.done.push(s.id);
         run.write({ id: s.id, status: "done", seconds: (performance.now() - t0) / 1000, warnings });
-        for (const c of await tuneConvs(g)) run.write({ event: "tune", ...c }); // --conv-kernel tuned
       } catch (e) {
         const msg = (e as Error).message;
         const reason = msg.includes(s.id) ? msg : `subject ${s.id}: ${msg}`;
@@ -533,6 +538,7 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
         run.write({ id: s.id, status: "failed", seconds: (performance.now() - t0) / 1000, reason });
       }
       bar.tick(1, s.id);
+      for (const c of await tuneConvs(g)) run.write({ event: "tune", ...c }); // --conv-kernel tuned
     }
     bar.finish();
     const line = `infer: ${summary.done.length} segmented, ${summary.skipped.length} already done, ` +

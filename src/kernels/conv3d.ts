@@ -331,8 +331,8 @@ interface Gather {
   /** The weight's outer (contiguous) axis: destination channels (forward) or source channels (input gradient). */
   wAxis: "dst" | "src";
   /**
-   * The source is the space-to-depth (space_to_depth.ts) of x [N, srcC/8, ...shape]: 8 source channels per weight
-   * channel, made from x chunk by chunk of channels as the source windows are visited (`src` is unused).
+   * The source is the space-to-depth (space_to_depth.ts) of x [N, ...shape] (shape [C, D, H, W]): 8 source channels
+   * per channel of x, made from x chunk by chunk of channels as the source windows are visited (`src` is unused).
    */
   s2d: { x: GPUBuffer; shape: number[]; pad: number } | null;
   srcT: Storage; // storage of the source and the destination (f16: forward for inference)
@@ -395,7 +395,7 @@ const S2D_BYTES = 64 * 2 ** 20; // the most space-to-depth source held at once (
  * (at least one group), each made into its own buffer by `fill` when visited, so the window binds from offset 0.
  */
 function s2dWindows(g: Gpu, p: Gather, n: number, srcPlane: number) {
-  const s2d = p.s2d!, [, cin, d, h, w] = s2d.shape, eb = STORAGE_BYTES[p.srcT];
+  const s2d = p.s2d!, [cin, d, h, w] = s2d.shape, eb = STORAGE_BYTES[p.srcT];
   const group = 8 * srcPlane * eb;
   const per = Math.max(1, Math.min(Math.floor(S2D_BYTES / group), Math.floor((g.maxBinding - g.offsetAlign) / group)));
   if (group > g.maxBinding - g.offsetAlign) {
@@ -438,71 +438,75 @@ function gather(g: Gpu, p: Gather) {
     for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, db, p.wAxis === "dst" ? wPer * 4 : 0)) {
       srcWindows(n, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
         const src = iw.fill ? iw.fill() : p.src;
-        const wc = p.wAxis === "dst" ? ow : iw;
-        const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
-        const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
-        const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
-        // The first class is the largest; every class of a window takes the same path (they share the partials).
-        // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
-        let cov = threadBlock(p.taps, p.dstC, 1).cov;
-        let plan = splitPlan(g, p, p.classes[0].size, cov, ow.count, iw.count);
-        const narrow = plan && cov > 1 && plan.split.kz < SIMD
-          ? splitPlan(g, p, p.classes[0].size, 1, ow.count, iw.count)
-          : null;
-        if (plan && narrow && narrow.split.kz > plan.split.kz) [cov, plan] = [1, narrow];
-        const partBytes = plan ? plan.m * plan.chunks * plan.split.kz * 4 : 0;
-        const parts = plan ? g.alloc(partBytes) : null;
-        for (const c of p.classes) {
-          const [od, oh, owd] = c.size;
-          if (od * oh * owd === 0) continue;
-          const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
-          const kernel = gatherKernel(
-            p.taps,
-            cov,
-            vh,
-            plan ? plan.split : null,
-            p.srcT,
-            plan ? "f32" : p.dstT,
-            p.s2d !== null,
-          );
-          const blocks = Math.ceil(ow.count / (4 * cov));
-          const chunks = plan ? plan.chunks : 1;
-          if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
-            throw new Error(
-              `conv3d: ${od} output slices x ${blocks} channel blocks x ${chunks} chunks exceed one dispatch dimension`,
+        let parts: GPUBuffer | null = null;
+        try {
+          const wc = p.wAxis === "dst" ? ow : iw;
+          const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
+          const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
+          const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
+          // The first class is the largest; every class of a window takes the same path (they share the partials).
+          // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
+          let cov = threadBlock(p.taps, p.dstC, 1).cov;
+          let plan = splitPlan(g, p, p.classes[0].size, cov, ow.count, iw.count);
+          const narrow = plan && cov > 1 && plan.split.kz < SIMD
+            ? splitPlan(g, p, p.classes[0].size, 1, ow.count, iw.count)
+            : null;
+          if (plan && narrow && narrow.split.kz > plan.split.kz) [cov, plan] = [1, narrow];
+          const partBytes = plan ? plan.m * plan.chunks * plan.split.kz * 4 : 0;
+          parts = plan ? g.alloc(partBytes) : null;
+          for (const c of p.classes) {
+            const [od, oh, owd] = c.size;
+            if (od * oh * owd === 0) continue;
+            const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
+            const kernel = gatherKernel(
+              p.taps,
+              cov,
+              vh,
+              plan ? plan.split : null,
+              p.srcT,
+              plan ? "f32" : p.dstT,
+              p.s2d !== null,
+            );
+            const blocks = Math.ceil(ow.count / (4 * cov));
+            const chunks = plan ? plan.chunks : 1;
+            if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
+              throw new Error(
+                `conv3d: ${od} output slices x ${blocks} channel blocks x ${chunks} chunks exceed one dispatch dimension`,
+              );
+            }
+            const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
+            u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
+            u.set([...c.r, ow.count, ...c.pad, iw.shift, ciW, ow.first, plan ? 0 : ow.shift, p.k], 12);
+            u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
+            u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0, ww.shift, coW, 0, 0], 32);
+            g.dispatch(
+              kernel,
+              [
+                { buffer: src, offset: iw.offset, size: iw.size },
+                { buffer: p.w, offset: ww.offset, size: ww.size },
+                p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
+                parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
+              ],
+              u,
+              [Math.ceil(owd / (VW * wx)), Math.ceil(oh / (wy * vh)), od * blocks * chunks],
             );
           }
-          const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
-          u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
-          u.set([...c.r, ow.count, ...c.pad, iw.shift, ciW, ow.first, plan ? 0 : ow.shift, p.k], 12);
-          u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
-          u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0, ww.shift, coW, 0, 0], 32);
-          g.dispatch(
-            kernel,
-            [
-              { buffer: src, offset: iw.offset, size: iw.size },
-              { buffer: p.w, offset: ww.offset, size: ww.size },
-              p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
-              parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
-            ],
-            u,
-            [Math.ceil(owd / (VW * wx)), Math.ceil(oh / (wy * vh)), od * blocks * chunks],
-          );
+          if (plan && parts) {
+            g.dispatch(
+              SUM_OUT[p.dstT],
+              [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
+                buffer: p.dst,
+                offset: ow.offset,
+                size: ow.size,
+              }],
+              new Uint32Array([dstPlane, plan.chunks * plan.split.kz, plan.m, ow.shift, ow.first, flags, 0, 0]),
+              [Math.ceil(dstPlane / 64), ow.count, 1],
+            );
+          }
+        } finally {
+          if (parts) g.free(parts);
+          if (iw.fill) g.free(src);
         }
-        if (plan && parts) {
-          g.dispatch(
-            SUM_OUT[p.dstT],
-            [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
-              buffer: p.dst,
-              offset: ow.offset,
-              size: ow.size,
-            }],
-            new Uint32Array([dstPlane, plan.chunks * plan.split.kz, plan.m, ow.shift, ow.first, flags, 0, 0]),
-            [Math.ceil(dstPlane / 64), ow.count, 1],
-          );
-          g.free(parts);
-        }
-        if (iw.fill) g.free(src);
       });
     }
   }
@@ -539,7 +543,7 @@ export function conv3dForward(
     wOC: s.cin * s.k ** 3,
     wIC: s.k ** 3,
     wAxis: "dst",
-    s2d: s2d ? { x, shape: [s.n, s.cin, s.d, s.h, s.w], pad: s.pad } : null,
+    s2d: s2d ? { x, shape: [s.cin, s.d, s.h, s.w], pad: s.pad } : null,
     srcT: types[0],
     dstT: types[1],
     classes: [{ size: [s.od, s.oh, s.ow], r: [0, 0, 0], pad: s2d ? [0, 0, 0] : [s.pad, s.pad, s.pad], tap: [0, 0, 0] }],

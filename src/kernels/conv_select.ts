@@ -11,6 +11,7 @@
 import { conv3dBackwardInput, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import { channelsLastEligible, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "./conv3d_cl.ts";
 import type { Gpu, Storage } from "./device.ts";
+import { median } from "./profile.ts";
 
 export type ConvPass = "forward" | "input_grad";
 export type ConvVariant = "gather" | "channels-last";
@@ -42,6 +43,7 @@ export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ConvPass): boole
 /** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
 export function setConvKernels(g: Gpu, mode: ConvKernels) {
   table(g).mode = mode;
+  if (mode !== "tuned") table(g).pending.clear();
 }
 
 /** The variant a pass of this shape runs now. */
@@ -83,8 +85,6 @@ export interface ConvChoice {
   variant: ConvVariant;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-
 /**
  * In tuned mode, times both variants of every eligible shape seen since the last call (one untimed call each, then
  * the median of `iters`, each call followed by gpu.sync()) on scratch buffers, and keeps the faster. Call it between
@@ -92,7 +92,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
  */
 export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   const t = table(g), out: ConvChoice[] = [];
-  if (!t.pending.size) return out;
+  if (t.mode !== "tuned" || !t.pending.size) return out;
   await g.sync(); // the step's own work must not count against the first variant timed
   for (const [k, { s, pass }] of t.pending) {
     const [vin, vout] = [s.d * s.h * s.w, s.od * s.oh * s.ow];
@@ -106,17 +106,20 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
       else conv3dBackwardInputChannelsLast(g, s, a, w, y);
     };
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
-    for (const v of ["gather", "channels-last"] as const) {
-      const times = [];
-      for (let i = 0; i <= iters; i++) {
-        const t0 = performance.now();
-        run(v);
-        await g.sync();
-        if (i > 0) times.push(performance.now() - t0);
+    try {
+      for (const v of ["gather", "channels-last"] as const) {
+        const times = [];
+        for (let i = 0; i <= iters; i++) {
+          const t0 = performance.now();
+          run(v);
+          await g.sync();
+          if (i > 0) times.push(performance.now() - t0);
+        }
+        ms[v] = median(times);
       }
-      ms[v] = median(times);
+    } finally {
+      for (const buf of [a, w, b, y]) g.free(buf);
     }
-    for (const buf of [a, w, b, y]) g.free(buf);
     const variant = ms["channels-last"] < ms.gather ? "channels-last" : "gather";
     t.chosen.set(k, variant);
     out.push({ conv: k, gather_ms: ms.gather, channels_last_ms: ms["channels-last"], variant });

@@ -7,6 +7,12 @@
 
 import type { Gpu, PassTimer } from "./device.ts";
 
+/** The median of timings (the mean of the middle two for an even count). */
+export const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
 const QUERIES = 4096; // per query set (WebGPU's limit), two per pass
 const QUERY_RESOLVE = 0x0200, COPY_SRC = 0x0004;
 

@@ -51,7 +51,7 @@ ${body}}`,
 const KERNELS = { f32: kernel("f32"), f16: kernel("f16") };
 
 /** Checks x's [N,C,D,H,W] shape, the pad and xs's spatial size m; the error names all three. */
-export function checkSpaceToDepth(shape: readonly number[], m: readonly number[], pad: number) {
+function checkSpaceToDepth(shape: readonly number[], m: readonly number[], pad: number) {
   if (
     shape.length !== 5 || m.length !== 3 || [...shape, ...m].some((v) => !Number.isInteger(v) || v < 1) ||
     !Number.isInteger(pad) || pad < 0

@@ -20,7 +20,7 @@ import {
 import { CONV_KERNELS, type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
-import { Profiler } from "../kernels/profile.ts";
+import { median, Profiler } from "../kernels/profile.ts";
 import { argmax, crossEntropy } from "../nn/ops/loss.ts";
 import { AdamW } from "../nn/optim.ts";
 import { Rng } from "../nn/rng.ts";
@@ -104,10 +104,6 @@ export function convCases(size: [number, number, number], k: number): ConvCase[]
   ];
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const GIB = 2 ** 30;
 
 /**
@@ -174,6 +170,9 @@ export async function runBench(
   }
   if (o.convKernels && o.convKernels !== "gather" && o.mode === "conv") {
     throw new UsageError("--conv-kernel applies to --mode infer, pretrain and hadnet (--mode conv times every kernel)");
+  }
+  if (o.f16 && o.convKernels && o.convKernels !== "gather") {
+    throw new UsageError(`--conv-kernel ${o.convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
   }
   if (o.convKernels === "tuned" && o.plan) {
     throw new UsageError("--plan runs no kernel, so it cannot time them to tune");

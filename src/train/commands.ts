@@ -11,15 +11,6 @@ async function lists(v: Record<string, unknown>) {
   };
 }
 
-/** The GPU, its convolution kernels picked as --conv-kernel says. */
-async function convGpu(v: Record<string, unknown>) {
-  const { CONV_KERNELS, setConvKernels } = await import("../kernels/conv_select.ts");
-  const mode = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? "gather";
-  const g = await (await import("../kernels/device.ts")).gpu();
-  setConvKernels(g, mode);
-  return g;
-}
-
 function noPositionals(name: string, pos: string[]) {
   if (pos.length) throw new UsageError(`${name} takes no positional arguments, got "${pos.join(" ")}"`);
 }
@@ -87,6 +78,8 @@ export const trainCommands: Record<string, Command> = {
         throw new UsageError(`--role must be teacher or student, got "${role}"`);
       }
       const { pretrain, PRETRAIN_DEFAULTS: D } = await import("./pretrain.ts");
+      const { gpu } = await import("../kernels/device.ts");
+      const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
       const cfg = {
         ...D,
         role: role as "teacher" | "student",
@@ -100,8 +93,9 @@ export const trainCommands: Record<string, Command> = {
         seed: intOpt(v.seed, "--seed", 0, 2 ** 31) ?? D.seed,
         lrPlateau: !!v["lr-plateau"],
         continuousSaving: !!v["continuous-saving"],
+        convKernels: choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? D.convKernels,
       };
-      const r = await pretrain(await convGpu(v), cfg, { resume: !!v.resume });
+      const r = await pretrain(await gpu(), cfg, { resume: !!v.resume });
       const last = r.history.at(-1);
       console.log(JSON.stringify({ out: cfg.out, epochs: r.history.length, metric: last?.metric, test: r.test }));
       return 0;
@@ -135,6 +129,8 @@ export const trainCommands: Record<string, Command> = {
     run: async (v, pos) => {
       noPositionals("train", pos);
       const { trainHadnet, HADNET_DEFAULTS: D } = await import("./hadnet.ts");
+      const { gpu } = await import("../kernels/device.ts");
+      const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
       const cfg = {
         ...D,
         data: reqOpt(v.data, "--data"),
@@ -150,8 +146,9 @@ export const trainCommands: Record<string, Command> = {
         hierarchical: !v["no-hierarchy"],
         seed: intOpt(v.seed, "--seed", 0, 2 ** 31) ?? D.seed,
         continuousSaving: !!v["continuous-saving"],
+        convKernels: choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS) ?? D.convKernels,
       };
-      const r = await trainHadnet(await convGpu(v), cfg, { resume: !!v.resume });
+      const r = await trainHadnet(await gpu(), cfg, { resume: !!v.resume });
       const last = r.history.at(-1);
       console.log(JSON.stringify({ out: cfg.out, epochs: r.history.length, metric: last?.metric, test: r.test }));
       return 0;

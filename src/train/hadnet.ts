@@ -14,7 +14,7 @@
 // resume checkpoint holds teacher, student, discriminator and both optimisers). Random streams: discriminator init
 // seed, shuffle seed + 1, dropout seed + 2.
 
-import { tuneConvs } from "../kernels/conv_select.ts";
+import { type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import type { Sample } from "../data/augment.ts";
 import { Progress } from "../data/progress.ts";
 import type { Gpu } from "../kernels/device.ts";
@@ -70,6 +70,8 @@ export interface HadnetConfig {
   hierarchical: boolean;
   continuousSaving: boolean;
   seed: number;
+  /** How convolution kernels are picked (conv_select.ts); tuned runs are not bit-reproducible. */
+  convKernels: ConvKernels;
 }
 
 export const HADNET_DEFAULTS = {
@@ -85,6 +87,7 @@ export const HADNET_DEFAULTS = {
   continuousSaving: false,
   seed: 0,
   test: [] as string[],
+  convKernels: "gather" as ConvKernels,
 };
 
 export const HADNET_CHECKPOINT = "HAD_Net_BEST_VAL_VM.safetensors";
@@ -251,7 +254,9 @@ export async function trainHadnet(
 ): Promise<{ history: HadnetEpoch[]; test?: Evaluation }> {
   const { root, semantics } = await prepareData(cfg, !!o.resume);
   const ck = o.resume ? await loadResume<HadnetState>(`${cfg.out}/${RESUME_FILE}`) : null;
-  if (ck) checkResumeConfig(ck.state.config, cfg, ["continuousSaving", "out"]);
+  // Settings a run predates take their defaults (what it ran with).
+  if (ck) checkResumeConfig({ ...HADNET_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
+  setConvKernels(g, cfg.convKernels);
   // On resume every network comes from the checkpoint; otherwise from the pre-trained files.
   const pair: PretrainedPair = ck
     ? {

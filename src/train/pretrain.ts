@@ -11,7 +11,7 @@
 // augmentation streams) goes to the resume checkpoint, so a resumed seeded run ends identical to an uninterrupted
 // one. Random streams: init seed, shuffle seed + 1, dropout seed + 2, augmentation seed + 3.
 
-import { tuneConvs } from "../kernels/conv_select.ts";
+import { type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { augment, type Sample } from "../data/augment.ts";
 import { computeSemantics, loadSemantics, type Semantics } from "../data/loader.ts";
 import { Progress } from "../data/progress.ts";
@@ -71,6 +71,8 @@ export interface PretrainConfig {
   /** Keep a copy of each epoch's full state under epochs/. */
   continuousSaving: boolean;
   seed: number;
+  /** How convolution kernels are picked (conv_select.ts); tuned runs are not bit-reproducible. */
+  convKernels: ConvKernels;
 }
 
 export const PRETRAIN_DEFAULTS = {
@@ -86,6 +88,7 @@ export const PRETRAIN_DEFAULTS = {
   continuousSaving: false,
   seed: 0,
   test: [] as string[],
+  convKernels: "gather" as ConvKernels,
 };
 
 export const CHECKPOINT_NAMES: Record<Role, string> = {
@@ -155,7 +158,9 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
   const inChannels = cfg.role === "teacher" ? 4 : 3;
   const { root, semantics } = await prepareData(cfg, !!o.resume);
   const ck = o.resume ? await loadResume<PretrainState>(`${cfg.out}/${RESUME_FILE}`) : null;
-  if (ck) checkResumeConfig(ck.state.config, cfg, ["continuousSaving", "out"]);
+  // Settings a run predates take their defaults (what it ran with).
+  if (ck) checkResumeConfig({ ...PRETRAIN_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
+  setConvKernels(g, cfg.convKernels);
   const cache = new SubjectCache(root, semantics, cfg.role, o.cacheBytes);
 
   const initRng = new Rng(cfg.seed), shuffleRng = new Rng(cfg.seed + 1);

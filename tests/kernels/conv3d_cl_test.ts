@@ -66,6 +66,10 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
   try {
     await check([1, 16, 9, 6, 7], 32, true);
     await checkDx([1, 32, 9, 6, 7], 16);
+    // 120 KiB: slabs of 4, 4 and 2 of 10 slices (9x10, 32 + 32 channels): the middle one has halos on both sides.
+    g.setMaxBindingForTests(120 * 1024);
+    await check([1, 32, 10, 9, 10], 32, false);
+    await checkDx([1, 32, 10, 9, 10], 32);
   } finally {
     g.setMaxBindingForTests(null);
   }

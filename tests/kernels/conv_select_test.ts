@@ -6,20 +6,28 @@ import { conv3d } from "../../src/nn/ops/conv.ts";
 import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
-/** conv3d forward and input gradient through the op (3x3x3, pad 1, bias), checked against the CPU references. */
-async function convOp(g: Gpu, xs: number[], cout: number) {
-  await scope(async () => {
+/**
+ * conv3d forward and input gradient through the op (3x3x3, pad 1, bias), checked against the CPU references; returns
+ * the forward's and the input gradient's dispatch counts (they tell the kernels apart: channels-last reorders the
+ * weights and transposes around its GEMM).
+ */
+async function convOp(g: Gpu, xs: number[], cout: number): Promise<[number, number]> {
+  return await scope(async () => {
     const ws = [cout, xs[1], 3, 3, 3], s = K.conv3dShape(xs, ws, [cout], 1, 1);
     const xv = rand(xs.reduce((a, b) => a * b), 41), wv = rand(ws.reduce((a, b) => a * b), 42), bv = rand(cout, 43);
     const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 44);
     const x = Tensor.from(g, xs, xv);
     x.requiresGrad = true;
+    const d0 = g.dispatches;
     const y = conv3d(x, Tensor.from(g, ws, wv), Tensor.from(g, [cout], bv), 1, 1);
-    backward(y, Tensor.from(g, y.shape, dyv));
+    const d1 = g.dispatches;
+    backward(y, Tensor.from(g, y.shape, dyv)); // the input gradient only: w and b take none
+    const d2 = g.dispatches;
     const [yg, dx] = await readAll([y, x.grad!]);
     assertClose(yg, K.conv3dRef(xv, wv, bv, s), 1e-5, "forward");
     assertClose(dx, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, "dx");
     x.grad!.dispose();
+    return [d1 - d0, d2 - d1 - 1] as [number, number]; // less the upload of dy
   });
 }
 
@@ -34,8 +42,12 @@ Deno.test("conv kernels: gather by default, channels-last where eligible in that
     assert.equal(convVariant(g, s, "forward"), "channels-last");
     assert.equal(convVariant(g, s, "input_grad"), "channels-last");
     assert.equal(convVariant(g, small, "forward"), "gather"); // 3 channels in: not eligible
-    await convOp(g, [2, 32, 5, 6, 7], 32); // odd sizes, N = 2, through channels-last
-    await convOp(g, [1, 16, 5, 6, 7], 32); // forward channels-last, input gradient (32 -> 16) gather
+    const cl = await convOp(g, [2, 32, 5, 6, 7], 32); // odd sizes, N = 2, through channels-last
+    const mixed = await convOp(g, [1, 16, 5, 6, 7], 32); // forward channels-last, input gradient (32 -> 16) gather
+    setConvKernels(g, "gather");
+    const gather = await convOp(g, [2, 32, 5, 6, 7], 32), gatherMixed = await convOp(g, [1, 16, 5, 6, 7], 32);
+    assert.ok(cl[0] !== gather[0] && cl[1] !== gather[1], `channels-last ran: ${cl} vs gather ${gather}`);
+    assert.ok(mixed[0] > gatherMixed[0] && mixed[1] === gatherMixed[1], `${mixed} vs ${gatherMixed}`);
   } finally {
     setConvKernels(g, "gather");
   }
@@ -58,6 +70,9 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     assert.equal(convVariant(g, s, "forward"), c.variant);
     await convOp(g, [1, 16, 4, 5, 6], 32); // exact with whichever was kept
     assert.deepEqual(await tuneConvs(g, 1), []); // timed once
+    await convOp(g, [1, 16, 3, 5, 6], 32); // seen in tuned mode, then the mode changes: nothing left to time
+    setConvKernels(g, "gather");
+    assert.deepEqual(await tuneConvs(g, 1), []);
   } finally {
     setConvKernels(g, "gather");
   }

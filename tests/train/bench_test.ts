@@ -170,7 +170,10 @@ Deno.test("bench --plan --conv-kernel channels-last: every peak stays within its
   // Channels-last holds transposed copies of a slab of a convolution's source and result while it runs.
   for (const mode of ["hadnet", "pretrain", "infer"] as const) {
     const [r] = await cli({ mode, plan: true, iters: "1", warmup: "1", "conv-kernel": "channels-last" });
+    const [gather] = await cli({ mode, plan: true, iters: "1", warmup: "1" });
     assert.equal(r.conv_kernels, "channels-last");
+    // Channels-last ran: it reorders weights and transposes around each GEMM, in depth slabs.
+    assert.ok((r.dispatches as number) > (gather.dispatches as number), `${r.dispatches} vs ${gather.dispatches}`);
     const target = MEMORY_TARGETS_GIB[mode];
     assert.ok((r.peak_gib as number) <= target && (r.reserved_gib as number) <= target, JSON.stringify(r));
   }
@@ -206,6 +209,10 @@ Deno.test("bench refuses --conv-kernel where it cannot apply, and --conv outside
   await assert.rejects(() => run({ mode: "conv", "conv-kernel": "tuned" }), /--mode conv times every kernel/);
   await assert.rejects(() => run({ plan: true, "conv-kernel": "tuned" }), /cannot time them to tune/);
   await assert.rejects(() => run({ warmup: "0", "conv-kernel": "tuned" }), /needs --warmup >= 1/);
+  await assert.rejects(
+    () => run({ mode: "infer", f16: true, "conv-kernel": "channels-last" }),
+    /--conv-kernel channels-last does not combine with --f16/,
+  );
   await assert.rejects(
     () => run({ "conv-kernel": "fast" }),
     /--conv-kernel must be one of gather, channels-last, tuned/,

@@ -124,10 +124,14 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const g = await testGpu();
-    const cfg = pretrainCfg({ epochs: 1 });
-    setConvKernels(g, "tuned");
+    const cfg = pretrainCfg({ epochs: 1, convKernels: "tuned" });
     try {
       await pretrain(g, cfg, quiet);
+      // The choice is part of the run's settings: a resume must keep it.
+      await assert.rejects(
+        () => pretrain(g, { ...cfg, epochs: 2, convKernels: "gather" }, { ...quiet, resume: true }),
+        /convKernels was "tuned", now "gather"/,
+      );
     } finally {
       setConvKernels(g, "gather");
     }
