@@ -112,7 +112,9 @@ export const inferCommands: Record<string, Command> = {
       const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
       const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS);
       if (v.f16 === true && (convKernels ?? "gather") !== "gather") {
-        throw new UsageError(`--conv-kernel ${convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
+        throw new UsageError(
+          `--conv-kernel ${convKernels} does not combine with --f16 (channels-last runs in f32 only)`,
+        );
       }
       const { gpu } = await import("../kernels/device.ts");
       const { runInference } = await import("./infer.ts");
