@@ -1,52 +1,91 @@
-// conv3d 3x3x3 stride 1 pad 1, forward and input gradient, as a channels-last implicit GEMM, the alternative to the
-// NCDHW gather kernel: `--conv-kernel channels-last|tuned` runs it in the networks (conv_select.ts), and
-// `bench --mode conv` times both (a `variant` field).
-// The design is ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5 TFLOP/s on an H100 at the
-// U-Net's first two levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) the forward ran at 0.35x (16k -> 8k at 2^3
-// voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.
+// conv3d as a channels-last implicit GEMM, the alternative to the NCDHW gather kernel for the forward and input
+// gradient: `--conv-kernel channels-last|tuned` runs it in the networks (conv_select.ts), and `bench --mode conv` times
+// both (a `variant` field). The design is ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5
+// TFLOP/s on an H100 at the U-Net's first two levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) the forward ran at
+// 0.35x (16k -> 8k at 2^3 voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.
 //
-// Layouts: the source [N,K,D,H,W] and the result [N,N',D,H,W] (NCDHW, as everywhere) are transposed around the GEMM
-// to [V][K] and [V][N'] (V: the voxels of a depth slab, below); the weights are reordered to [27][K][N'] (tap-major
-// K). Forward: K = Cin, N' = Cout, weights transposed. Input gradient: the source is dy, K = Cout, N' = Cin, and the
-// taps reversed (the transposed convolution of a 3x3x3 pad-1 stride-1 one is such a convolution). The GEMM: a
-// workgroup of 256 threads takes 256 voxels x all N'; each thread 8 voxels x N'/8 channels in named vec4
-// accumulators; K runs over taps, then channels in steps of 16 staged in workgroup memory ([16][256 voxels] and
-// [16][N']). The transpose back adds the bias.
-// The volume goes through in depth slabs: each slab's output slices, and its source slices with one halo slice each
-// side, so that the transposed copies stay within CL_SCRATCH (and one binding) whatever the volume's size.
-// Eligible: K a multiple of 16, N' of 32 and at most 128 (more accumulators spill), every operand within one binding.
-// Nothing is saved; the weight gradient stays with the split-K kernel.
+// Passes taken (plan): a 3x3x3 stride-1 pad-1 forward (GEMM K = Cin, N = Cout, T = 3 taps per dimension, pad 1) and
+// input gradient (the same convolution of dy with the weights transposed and their taps reversed: K = Cout, N = Cin);
+// and a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (space_to_depth.ts:
+// K = 8 Cin, N = Cout, T = 2, pad 0), as conv3d.ts runs it. K must be a multiple of 16 and N of 32.
+//
+// Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] (NCDHW, as everywhere) are transposed around the
+// GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below); the weights are reordered to N blocks of
+// [T^3][K][NB] (tap-major K), NB <= 128 output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the
+// NB channels of one block; each thread 8 voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then
+// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the
+// bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for a
+// space-to-depth source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one
+// binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved;
+// the weight gradient stays with the split-K kernel.
 
 import type { Conv3dShape } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
+import { spaceToDepth2 } from "./space_to_depth.ts";
 
 const BM = 256, BK = 16;
 /**
- * The most transposed source and result held at once (the volume is taken in depth slabs that fit): at 160x192x160,
- * k=32 four to five slabs per level-0 convolution, and every memory target holds with channels-last everywhere.
+ * The most scratch held at once (the volume is taken in depth slabs that fit): at 160x192x160, k=32 five slabs for a
+ * level-0 32 -> 32 convolution, and every memory target holds with channels-last everywhere.
  */
 const CL_SCRATCH = 256 * 2 ** 20;
 
-/** Whether the channels-last kernel takes this convolution (see the header). */
-export function channelsLastEligible(g: Gpu, s: Conv3dShape): boolean {
-  const v = s.d * s.h * s.w;
-  return s.k === 3 && s.stride === 1 && s.pad === 1 && s.cin % BK === 0 && s.cout % 32 === 0 && s.cout <= 128 &&
-    s.n * Math.max(s.cin, s.cout) * v * 4 <= g.maxBinding && 27 * s.cin * s.cout * 4 <= g.maxBinding &&
-    (BK * BM + BK * s.cout) * 4 <= g.maxWorkgroupStorage; // the staged inputs and weights
+export type ClPass = "forward" | "input_grad";
+
+/** One pass as the GEMM sees it. */
+interface Plan {
+  k: number; // GEMM channels in: the source's
+  n: number; // GEMM channels out
+  nb: number; // output channels per block (a multiple of 32, at most 128)
+  taps: number; // T per dimension
+  pad: number;
+  src: number[]; // [D, H, W] of the GEMM's source (x's space-to-depth for a stride-2 forward)
+  out: number[]; // [D, H, W] of the result
+  weights: number; // REORDER's mode: 0 forward, 1 input gradient (flipped), 2 space-to-depth
+  nz: number; // output slices per slab
+}
+
+/** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
+function plan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
+  const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
+  let p: Omit<Plan, "nb" | "nz">;
+  if (s.k === 3 && s.stride === 1 && s.pad === 1) {
+    const [k, n] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
+    p = { k, n, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
+  } else if (s.k === 4 && s.stride === 2 && s.pad === 1 && pass === "forward") {
+    p = { k: 8 * s.cin, n: s.cout, taps: 2, pad: 0, src: out.map((o) => o + 1), out, weights: 2 };
+  } else return null;
+  if (p.k % BK !== 0 || p.n % 32 !== 0) return null;
+  let nb = Math.min(128, p.n);
+  while (nb >= 32 && (BK * BM + BK * nb) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged inputs and weights
+  const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
+  const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
+  const fits = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3].every((e) => e * 4 <= g.maxBinding);
+  // Scratch per slab: the source's slices (twice for a space-to-depth source: made, then transposed) and the result's.
+  const [ihw, ohw, f] = [p.src[1] * p.src[2], p.out[1] * p.out[2], p.weights === 2 ? 2 : 1];
+  const budget = Math.min(CL_SCRATCH, g.maxBinding) / 4;
+  const nz = Math.min(p.out[0], Math.floor((budget - (p.taps - 1) * ihw * p.k * f) / (ihw * p.k * f + ohw * nb)));
+  return nb >= 32 && fits && nz >= 1 ? { ...p, nb, nz } : null;
+}
+
+/** Whether the channels-last kernel takes this pass of this convolution (see the header). */
+export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean {
+  return plan(g, s, pass) !== null;
 }
 
 /**
- * The GEMM for `cin` channels in (K) and `cout` out (N) over a slab of u.nz output slices of H x W, starting at slice
- * u.z0 of a volume of u.D slices; the source holds slices u.zlo and up ([V][K]), the result the slab's ([V][N]).
+ * The GEMM for one block of NB output channels of a plan: a slab of u.nz output slices (of OH x OW) starting at
+ * slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read at voxel o + tap - pad.
  */
-function gemmKernel(cin: number, cout: number, h: number, w: number): Kernel {
-  const nv = cout / 32;
+function gemmKernel(p: Plan, nb: number): Kernel {
+  const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
+  const nv = nb / 32;
   const acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
   for (let kk = 0; kk < BK; kk++) {
     inner += `{ let a0 = As[${kk * 64}u + rg * 2u]; let a1 = As[${kk * 64}u + rg * 2u + 1u];\n`;
-    for (let j = 0; j < nv; j++) inner += `  let b${j} = Bs[${kk * (cout / 4)}u + cg * ${nv}u + ${j}u];\n`;
+    for (let j = 0; j < nv; j++) inner += `  let b${j} = Bs[${kk * (nb / 4)}u + cg * ${nv}u + ${j}u];\n`;
     for (let r = 0; r < 8; r++) {
       for (let j = 0; j < nv; j++) {
         inner += `  c${r}_${j} = fma(vec4f(${r < 4 ? "a0" : "a1"}.${"xyzw"[r % 4]}), b${j}, c${r}_${j});\n`;
@@ -57,46 +96,48 @@ function gemmKernel(cin: number, cout: number, h: number, w: number): Kernel {
   let stores = "";
   for (let r = 0; r < 8; r++) {
     stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
-    for (let j = 0; j < nv; j++) stores += ` Y[o * ${cout / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
+    for (let j = 0; j < nv; j++) stores += ` Y[o * ${nb / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
     stores += " } }\n";
   }
   // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
   let rows = "", loads = "";
   for (let i = 0; i < 4; i++) {
-    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${h * w}u + u.z0); ` +
-      `let y${i} = i32((v${i} / ${w}u) % ${h}u); let x${i} = i32(v${i} % ${w}u);\n`;
+    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${oh * ow}u + u.z0); ` +
+      `let y${i} = i32((v${i} / ${ow}u) % ${oh}u); let x${i} = i32(v${i} % ${ow}u);\n`;
     loads += `{ let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx; var a = vec4f(0.0);
-      if (v${i} < nvox && zz >= 0 && zz < i32(u.D) && yy >= 0 && yy < ${h} && xx >= 0 && xx < ${w}) {
-        a = X[((u32(zz) - u.zlo) * ${h * w}u + u32(yy) * ${w}u + u32(xx)) * ${cin / 4}u + ci0 / 4u + t % 4u];
+      if (v${i} < nvox && zz >= 0 && zz < i32(u.D) && yy >= 0 && yy < ${ih} && xx >= 0 && xx < ${iw}) {
+        a = X[((u32(zz) - u.zlo) * ${ih * iw}u + u32(yy) * ${iw}u + u32(xx)) * ${k / 4}u + ci0 / 4u + t % 4u];
       }
       let row = t / 4u + ${64 * i}u; let kq = (t % 4u) * 4u;
       As[kq * 64u + row / 4u][row % 4u] = a.x; As[(kq + 1u) * 64u + row / 4u][row % 4u] = a.y;
       As[(kq + 2u) * 64u + row / 4u][row % 4u] = a.z; As[(kq + 3u) * 64u + row / 4u][row % 4u] = a.w; }\n`;
   }
-  const bvecs = BK * cout / 4;
+  const bvecs = BK * nb / 4;
   return {
-    name: `conv3d_cl_gemm_${cin}x${cout}_${h}x${w}`,
+    name: `conv3d_cl_gemm_t${t}p${pad}_${k}x${nb}_${ih}x${iw}_${oh}x${ow}`,
     wgsl: `
-@group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][Cin]
-@group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [27][Cin][Cout]
-@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [V][Cout]
+@group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][K]
+@group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [T^3][K][NB], this block's
+@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [V][NB]
 struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
-var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][Cout]
+var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][NB]
 @compute @workgroup_size(${BM})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   let vb = (wg.y * u.gridx + wg.x) * ${BM}u;
-  let nvox = u.nz * ${h * w}u;
+  let nvox = u.nz * ${oh * ow}u;
   let rg = t / 8u;
   let cg = t % 8u;
   ${rows}
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
-  for (var tap = 0u; tap < 27u; tap++) {
-    let dz = i32(tap / 9u) - 1; let dy = i32((tap / 3u) % 3u) - 1; let dx = i32(tap % 3u) - 1;
-    for (var ci0 = 0u; ci0 < ${cin}u; ci0 += ${BK}u) {
+  for (var tap = 0u; tap < ${t ** 3}u; tap++) {
+    let dz = i32(tap / ${t * t}u) - ${pad};
+    let dy = i32((tap / ${t}u) % ${t}u) - ${pad};
+    let dx = i32(tap % ${t}u) - ${pad};
+    for (var ci0 = 0u; ci0 < ${k}u; ci0 += ${BK}u) {
       ${loads}
-      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[((tap * ${cin}u + ci0) * ${cout}u) / 4u + e]; }
+      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
       workgroupBarrier();
       ${inner}
       workgroupBarrier();
@@ -108,8 +149,8 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 
 /**
- * T[dst + j * dstStride + i] = S[src + i * srcStride + j] (+ B[j] when bias): a [rows][cols] matrix transposed, each
- * side's rows `stride` apart (a slab of every channel's plane).
+ * T[dst + j * dstStride + i] = S[src + i * srcStride + j] (+ B[biasOff + j] when bias): a [rows][cols] matrix
+ * transposed, each side's rows `stride` apart (a slab of every channel's plane).
  */
 const TRANSPOSE: Kernel = {
   name: "conv3d_cl_transpose",
@@ -118,7 +159,7 @@ const TRANSPOSE: Kernel = {
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> T: array<f32>;
 struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, tilesX: u32, gridX: u32, srcStride: u32,
-  dstStride: u32, p0: u32, p1: u32, p2: u32 }
+  dstStride: u32, biasOff: u32, p1: u32, p2: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> tile: array<array<f32, 17>, 16>; // 17: no bank conflicts on the transposed read
 @compute @workgroup_size(16, 16)
@@ -134,37 +175,47 @@ fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u)
   let tj = wg.y * 16u + l.x; // destination column (a source row)
   if (ti < u.cols && tj < u.rows) { // tiles past the last (the grid's spare workgroups) fail i < rows and tj < rows
     var r = tile[l.x][l.y];
-    if (u.bias != 0u) { r += B[ti]; }
+    if (u.bias != 0u) { r += B[u.biasOff + ti]; }
     T[u.dst + ti * u.dstStride + tj] = r;
   }
 }`,
 };
 
 /**
- * The GEMM's weights T [27][K][N] from w [Cout][Cin][27]: for the forward (K, N) = (Cin, Cout), T = w transposed; for
- * the input gradient (flip) (K, N) = (Cout, Cin) and the taps reversed, the transposed convolution's weights.
+ * One block's GEMM weights, [T^3][K][NB] for output channels n0.. n0 + NB, from w [Cout][Cin][k^3]. Mode 0, the
+ * forward: (K, N) = (Cin, Cout), w transposed. Mode 1, the input gradient: (K, N) = (Cout, Cin), the taps reversed
+ * (the transposed convolution's weights). Mode 2, the stride-2 forward over x's space-to-depth: K = 8 Cin, source
+ * channel 8c + 4rd + 2rh + rw at tap (a, b, e) reads w's tap (2a + rd, 2b + rh, 2e + rw) of channel c.
  */
 const REORDER: Kernel = {
   name: "conv3d_cl_weights",
   wgsl: `
 @group(0) @binding(0) var<storage, read> W: array<f32>;
 @group(0) @binding(1) var<storage, read_write> T: array<f32>;
-struct U { k: u32, n: u32, m: u32, gridx: u32, flip: u32, p0: u32, p1: u32, p2: u32 }
+struct U { k: u32, n: u32, nb: u32, n0: u32, m: u32, gridx: u32, mode: u32, p0: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3u) {
-  let e = id.y * u.gridx * 256u + id.x; // (tap * K + a) * N + b
+  let e = id.y * u.gridx * 256u + id.x; // (tap * K + a) * NB + b
   if (e >= u.m) { return; }
-  let b = e % u.n;
-  let a = (e / u.n) % u.k;
-  let tap = e / (u.n * u.k);
-  if (u.flip == 0u) { T[e] = W[(b * u.k + a) * 27u + tap]; } else { T[e] = W[(a * u.n + b) * 27u + 26u - tap]; }
+  let b = u.n0 + e % u.nb;
+  let a = (e / u.nb) % u.k;
+  let tap = e / (u.nb * u.k);
+  var s = 0u;
+  if (u.mode == 0u) { s = (b * u.k + a) * 27u + tap; }
+  else if (u.mode == 1u) { s = (a * u.n + b) * 27u + 26u - tap; }
+  else {
+    let kd = 2u * (tap / 4u) + (a / 4u) % 2u; let kh = 2u * ((tap / 2u) % 2u) + (a / 2u) % 2u;
+    let kw = 2u * (tap % 2u) + a % 2u;
+    s = (b * (u.k / 8u) + a / 8u) * 64u + (kd * 4u + kh) * 4u + kw;
+  }
+  T[u.n0 * (u.m / u.nb) + e] = W[s];
 }`,
 };
 
 /**
  * A [rows][cols] matrix at element `src` of one buffer (rows `src[2]` apart), transposed into another at element `dst`
- * (rows `dst[2]` apart), + bias.
+ * (rows `dst[2]` apart), + bias from element `biasOff` of b.
  */
 function transpose(
   g: Gpu,
@@ -173,6 +224,7 @@ function transpose(
   rows: number,
   cols: number,
   bias: GPUBuffer | null,
+  biasOff = 0,
 ) {
   const tilesX = Math.ceil(cols / 16), grid = grid1d(g, tilesX * Math.ceil(rows / 16));
   g.dispatch(
@@ -182,57 +234,58 @@ function transpose(
       bias ? { buffer: bias } : { buffer: src[0], size: 4 },
       { buffer: dst[0], size: (dst[1] + (cols - 1) * dst[2] + rows) * 4 },
     ],
-    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], src[2], dst[2], 0, 0, 0]),
+    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], src[2], dst[2], biasOff, 0, 0]),
     grid,
   );
 }
 
-/** out = conv(src, the GEMM weights) (+ bias) per sample, src with k channels, out with n (see REORDER for flip). */
-function run(
-  g: Gpu,
-  s: Conv3dShape,
-  src: GPUBuffer,
-  w: GPUBuffer,
-  b: GPUBuffer | null,
-  out: GPUBuffer,
-  flip: boolean,
-) {
-  const [k, n] = flip ? [s.cout, s.cin] : [s.cin, s.cout];
-  if (!channelsLastEligible(g, { ...s, cin: k, cout: n })) {
+/** out = conv(src, w) (+ bias) per sample through the GEMM, for the pass's plan. */
+function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer, b: GPUBuffer | null, out: GPUBuffer) {
+  const p = plan(g, s, pass);
+  if (!p) {
     throw new Error(
-      `conv3d channels-last${flip ? " input gradient" : ""}: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, ` +
-        `kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1, ${k} channels in a multiple of 16, ` +
-        `${n} out a multiple of 32 up to 128, one binding per operand)`,
+      `conv3d channels-last ${pass === "forward" ? "forward" : "input gradient"}: [${s.n},${s.cin},${s.d},${s.h},` +
+        `${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1, or a 4x4x4 ` +
+        `stride-2 forward; channels in, x8 for stride 2, a multiple of 16 and out a multiple of 32; every tensor ` +
+        `within one binding)`,
     );
   }
-  const hw = s.h * s.w, v = s.d * hw, m = 27 * k * n;
-  // Depth slabs of nz output slices: the source's with one halo slice each side, transposed, at most CL_SCRATCH.
-  const budget = Math.min(CL_SCRATCH, g.maxBinding); // each is bound whole
-  const nz = Math.max(1, Math.min(s.d, Math.floor((budget / (hw * 4) - 2 * k) / (k + n))));
-  const held = Math.min(s.d, nz + 2);
-  const wt = g.alloc(m * 4), st = g.alloc(held * hw * k * 4), ot = g.alloc(nz * hw * n * 4);
-  const rgrid = grid1d(g, Math.ceil(m / 256));
-  const rw = [{ buffer: w, size: m * 4 }, { buffer: wt, size: m * 4 }];
-  g.dispatch(REORDER, rw, new Uint32Array([k, n, m, rgrid[0], flip ? 1 : 0, 0, 0, 0]), rgrid);
-  const kernel = gemmKernel(k, n, s.h, s.w);
-  const gemm = [{ buffer: st, size: held * hw * k * 4 }, { buffer: wt, size: m * 4 }, {
-    buffer: ot,
-    size: nz * hw * n * 4,
-  }];
+  const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
+  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1);
+  const blocks: [n0: number, nb: number][] = [];
+  for (let n0 = 0; n0 < p.n; n0 += p.nb) blocks.push([n0, Math.min(p.nb, p.n - n0)]);
+  const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(p.nz * ohw * p.nb * 4);
+  const xs = p.weights === 2 ? g.alloc(held * ihw * p.k * 4) : null;
+  for (const [n0, nb] of blocks) {
+    const rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
+    const u = new Uint32Array([p.k, p.n, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, 0]);
+    g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
+  }
+  const [srcC, outV] = [pass === "forward" ? s.cin : s.cout, od * ohw];
   for (let i = 0; i < s.n; i++) {
-    for (let z0 = 0; z0 < s.d; z0 += nz) {
-      const z1 = Math.min(s.d, z0 + nz), zlo = Math.max(0, z0 - 1), zhi = Math.min(s.d, z1 + 1);
-      transpose(g, [src, (i * k * s.d + zlo) * hw, v], [st, 0, k], k, (zhi - zlo) * hw, null); // [K][V] -> [V][K]
-      const groups = Math.ceil(((z1 - z0) * hw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
-      const u = new Uint32Array([gx, z0, z1 - z0, zlo, s.d, 0, 0, 0]);
-      g.dispatch(kernel, gemm, u, [gx, Math.ceil(groups / gx), 1]);
-      transpose(g, [ot, 0, n], [out, (i * n * s.d + z0) * hw, v], (z1 - z0) * hw, n, b); // [V][N] -> [N][V], + bias
+    for (let z0 = 0; z0 < od; z0 += p.nz) {
+      // Output slices [z0, z1) read source slices [zlo, zhi).
+      const z1 = Math.min(od, z0 + p.nz), zlo = Math.max(0, z0 - p.pad), zhi = Math.min(sd, z1 - p.pad + p.taps - 1);
+      const cols = (zhi - zlo) * ihw;
+      if (xs) { // the space-to-depth of x's slices for this slab, then transposed
+        spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
+        transpose(g, [xs, 0, cols], [st, 0, p.k], p.k, cols, null);
+      } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.k, cols, null);
+      const groups = Math.ceil(((z1 - z0) * ohw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
+      const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, 0, 0, 0]);
+      for (const [n0, nb] of blocks) {
+        const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: nb * t3 * p.k * 4 };
+        const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: (z1 - z0) * ohw * nb * 4 }];
+        g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(groups / gx), 1]);
+        const dst = ((i * p.n + n0) * od + z0) * ohw;
+        transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+      }
     }
   }
-  for (const t of [wt, st, ot]) g.free(t);
+  for (const t of [wt, st, ot, xs]) if (t) g.free(t);
 }
 
-/** y = conv3d(x, w) + b (3x3x3, stride 1, pad 1) through the channels-last GEMM; s must be eligible. */
+/** y = conv3d(x, w) + b through the channels-last GEMM; s must be eligible (channelsLastTakes). */
 export function conv3dForwardChannelsLast(
   g: Gpu,
   s: Conv3dShape,
@@ -241,13 +294,13 @@ export function conv3dForwardChannelsLast(
   b: GPUBuffer | null,
   y: GPUBuffer,
 ) {
-  run(g, s, x, w, b, y, false);
+  run(g, s, "forward", x, w, b, y);
 }
 
 /**
  * dx (assigned) from dy and w: for 3x3x3 stride 1 pad 1 the transposed convolution is the same convolution of dy
- * with the weights transposed (Cout <-> Cin) and their taps reversed; eligible with Cin and Cout swapped.
+ * with the weights transposed (Cout <-> Cin) and their taps reversed; s must be eligible for the input gradient.
  */
 export function conv3dBackwardInputChannelsLast(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GPUBuffer, dx: GPUBuffer) {
-  run(g, s, dy, w, null, dx, true);
+  run(g, s, "input_grad", dy, w, null, dx);
 }

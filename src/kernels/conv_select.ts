@@ -9,11 +9,16 @@
 // slab of its source and result (at most 256 MiB) and the reordered weights during the call.
 
 import { conv3dBackwardInput, conv3dForward, type Conv3dShape } from "./conv3d.ts";
-import { channelsLastEligible, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "./conv3d_cl.ts";
+import {
+  channelsLastTakes,
+  type ClPass,
+  conv3dBackwardInputChannelsLast,
+  conv3dForwardChannelsLast,
+} from "./conv3d_cl.ts";
 import type { Gpu, Storage } from "./device.ts";
 import { median } from "./profile.ts";
 
-export type ConvPass = "forward" | "input_grad";
+export type ConvPass = ClPass;
 export type ConvVariant = "gather" | "channels-last";
 export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
 export type ConvKernels = typeof CONV_KERNELS[number];
@@ -34,11 +39,6 @@ function table(g: Gpu): Table {
 
 const key = (s: Conv3dShape, pass: ConvPass) =>
   `${pass} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
-
-/** Whether channels-last can run this pass (the input gradient is the convolution with Cin and Cout swapped). */
-export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ConvPass): boolean {
-  return channelsLastEligible(g, pass === "forward" ? s : { ...s, cin: s.cout, cout: s.cin });
-}
 
 /** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
 export function setConvKernels(g: Gpu, mode: ConvKernels) {

@@ -32,14 +32,14 @@ const kernel = (t: Storage): Kernel => {
 @group(0) @binding(0) var<storage, read> x: array<${t}>;
 @group(0) @binding(1) var<storage, read_write> xs: array<${t}>;
 struct U {
-  D: u32, H: u32, W: u32, MD: u32, MH: u32, MW: u32, xshift: u32, yshift: u32, pad: i32, p0: u32, p1: u32, p2: u32 }
+  D: u32, H: u32, W: u32, MD: u32, MH: u32, MW: u32, xshift: u32, yshift: u32, pad: i32, md0: u32, p1: u32, p2: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) id: vec3u) {
   if (id.x >= u.MH * u.MW) { return; }
   let mh = id.x / u.MW;
   let mw = id.x - mh * u.MW;
-  let zd = 2 * i32(id.y) - u.pad;
+  let zd = 2 * i32(id.y + u.md0) - u.pad;
   let zh = 2 * i32(mh) - u.pad;
   let zw = 2 * i32(mw) - u.pad;
   let xb = u.xshift + id.z * u.D * u.H * u.W;
@@ -64,7 +64,7 @@ function checkSpaceToDepth(shape: readonly number[], m: readonly number[], pad: 
 
 /**
  * xs [N,8C,...m] from x [N,C,D,H,W] (both stored as t), as the header's formula; x's planes start at plane `first` of
- * its buffer (a chunk of a larger tensor's channels).
+ * its buffer (a chunk of a larger tensor's channels), and xs holds the depth slices md0 .. md0 + m[0] (a slab).
  */
 export function spaceToDepth2(
   g: Gpu,
@@ -75,6 +75,7 @@ export function spaceToDepth2(
   pad: number,
   t: Storage = "f32",
   first = 0,
+  md0 = 0,
 ) {
   checkSpaceToDepth(shape, m, pad);
   const [N, C, D, H, W] = shape;
@@ -85,7 +86,7 @@ export function spaceToDepth2(
     g.dispatch(
       KERNELS[t],
       [{ buffer: x, offset: xw.offset, size: xw.size }, { buffer: xs, offset: yw.offset, size: yw.size }],
-      new Int32Array([D, H, W, MD, MH, MW, xw.shift, yw.shift, pad, 0, 0, 0]),
+      new Int32Array([D, H, W, MD, MH, MW, xw.shift, yw.shift, pad, md0, 0, 0]),
       [Math.ceil((MH * MW) / WG), MD, c.count],
     );
   }

@@ -12,11 +12,7 @@
 
 import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
-import {
-  channelsLastEligible,
-  conv3dBackwardInputChannelsLast,
-  conv3dForwardChannelsLast,
-} from "../kernels/conv3d_cl.ts";
+import { channelsLastTakes, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
 import { CONV_KERNELS, type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
@@ -258,11 +254,11 @@ async function benchMode(
           ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
         ];
         // The channels-last candidates (src/kernels/conv3d_cl.ts), timed beside the gather kernel where they apply.
-        if (channelsLastEligible(g, s)) {
+        if (channelsLastTakes(g, s, "forward")) {
           const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
           passes.splice(1, 0, ["forward", "channels-last", fn]);
         }
-        if (channelsLastEligible(g, { ...s, cin: s.cout, cout: s.cin })) {
+        if (channelsLastTakes(g, s, "input_grad")) {
           const fn = () => conv3dBackwardInputChannelsLast(g, s, y.buffer, w.buffer, dx.buffer);
           passes.splice(passes.length - 1, 0, ["input_grad", "channels-last", fn]);
         }

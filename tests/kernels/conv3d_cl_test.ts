@@ -1,28 +1,29 @@
-// The channels-last conv3d candidate against the float64 reference, forward and input gradient: odd sizes (V not a
-// multiple of the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64 and 16 -> 128 channels (the input gradient
-// with them swapped); and its eligibility rule.
+// The channels-last conv3d against the float64 reference, forward and input gradient: odd sizes (V not a multiple of
+// the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64, 16 -> 128 and 16 -> 160 channels (two output blocks; the
+// input gradient with them swapped), the 4x4x4 stride-2 forward over the space-to-depth, depth slabs; and its
+// eligibility rule.
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import {
-  channelsLastEligible,
+  channelsLastTakes,
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
 } from "../../src/kernels/conv3d_cl.ts";
 import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
-async function check(xs: number[], cout: number, bias: boolean) {
+async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 1) {
   const g = await testGpu();
   await scope(async () => {
-    const ws = [cout, xs[1], 3, 3, 3];
-    const s = K.conv3dShape(xs, ws, bias ? [cout] : null, 1, 1);
-    assert.ok(channelsLastEligible(g, s));
+    const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
+    const s = K.conv3dShape(xs, ws, bias ? [cout] : null, stride, 1);
+    assert.ok(channelsLastTakes(g, s, "forward"));
     const xv = rand(xs.reduce((a, b) => a * b), 51), wv = rand(ws.reduce((a, b) => a * b), 52), bv = rand(cout, 53);
     const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), b = Tensor.from(g, [cout], bv);
     const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
     conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, bias ? b.buffer : null, y.buffer);
     const [got] = await readAll([y]);
-    assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `channels-last [${xs}] -> ${cout}`);
+    assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `channels-last [${xs}] -> ${cout} /${stride}`);
   });
 }
 
@@ -30,6 +31,13 @@ Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and 
   await check([2, 16, 5, 6, 7], 32, true);
   await check([1, 32, 7, 5, 9], 64, false);
   await check([1, 16, 3, 4, 5], 128, true);
+  await check([1, 16, 3, 4, 5], 160, true); // output blocks of 128 and 32 channels
+});
+
+Deno.test("conv3d channels-last 4x4x4 stride-2 forward: a 2x2x2 GEMM over x's space-to-depth", async () => {
+  await check([1, 2, 7, 6, 9], 32, true, 2); // K = 16: odd sizes, the last output row and column read padding
+  await check([2, 4, 8, 5, 7], 64, false, 2);
+  await check([1, 2, 5, 4, 6], 160, true, 2); // two output blocks
 });
 
 async function checkDx(xs: number[], cout: number) {
@@ -51,10 +59,14 @@ Deno.test("conv3d channels-last input gradient matches the reference (Cin and Co
   await checkDx([2, 32, 5, 6, 7], 16);
   await checkDx([1, 64, 7, 5, 9], 32);
   await checkDx([1, 128, 3, 4, 5], 16);
+  await checkDx([1, 160, 3, 4, 5], 16); // 160 GEMM outputs: two blocks
   const g = await testGpu();
   const s = K.conv3dShape([1, 16, 8, 8, 8], [32, 16, 3, 3, 3], null, 1, 1); // dx: 32 in, 16 out: not eligible
   const b = g.alloc(4);
-  assert.throws(() => conv3dBackwardInputChannelsLast(g, s, b, b, b), /input gradient: .*16 out a multiple of 32/);
+  assert.throws(
+    () => conv3dBackwardInputChannelsLast(g, s, b, b, b),
+    /input gradient: \[1,16,8,8,8\] -> 32.*not eligible/,
+  );
   g.free(b);
 });
 
@@ -70,18 +82,27 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
     g.setMaxBindingForTests(120 * 1024);
     await check([1, 32, 10, 9, 10], 32, false);
     await checkDx([1, 32, 10, 9, 10], 32);
+    // 36 KiB, stride 2: slabs of 3, 3 and 2 of 8 output slices, each made from x's slices through the space-to-depth.
+    g.setMaxBindingForTests(36 * 1024);
+    await check([1, 2, 16, 10, 12], 32, true, 2);
   } finally {
     g.setMaxBindingForTests(null);
   }
 });
 
-Deno.test("conv3d channels-last takes only 3x3x3 stride 1 with Cin % 16, Cout % 32 <= 128, and says why not", async () => {
+Deno.test("conv3d channels-last: which passes it takes (channels in % 16, x8 for stride 2; out % 32), and why not", async () => {
   const g = await testGpu();
   const shape = (cin: number, cout: number, k = 3, stride = 1, pad = 1) =>
     K.conv3dShape([1, cin, 8, 8, 8], [cout, cin, k, k, k], null, stride, pad);
-  assert.ok(channelsLastEligible(g, shape(32, 32)));
-  for (const s of [shape(24, 32), shape(32, 48), shape(32, 256), shape(32, 32, 4, 2, 1), shape(32, 32, 1, 1, 0)]) {
-    assert.equal(channelsLastEligible(g, s), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
+  for (const s of [shape(32, 32), shape(32, 256), shape(32, 32, 4, 2, 1), shape(2, 32, 4, 2, 1)]) {
+    assert.ok(channelsLastTakes(g, s, "forward"), `[${s.cin} -> ${s.cout}, k${s.k}]`);
+  }
+  assert.ok(channelsLastTakes(g, shape(32, 32), "input_grad"));
+  assert.equal(channelsLastTakes(g, shape(32, 32, 4, 2, 1), "input_grad"), false); // stride-2 input gradient: gather
+  for (
+    const s of [shape(24, 32), shape(32, 48), shape(3, 32, 4, 2, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]
+  ) {
+    assert.equal(channelsLastTakes(g, s, "forward"), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
   }
   const x = g.alloc(4), y = g.alloc(4);
   assert.throws(() => conv3dForwardChannelsLast(g, shape(24, 32), x, x, null, y), /\[1,24,8,8,8\] -> 32.*not eligible/);
