@@ -6,15 +6,17 @@
 //
 // Passes taken (plan): a 3x3x3 stride-1 pad-1 forward (GEMM K = Cin, N = Cout, T = 3 taps per dimension, pad 1) and
 // input gradient (the same convolution of dy with the weights transposed and their taps reversed: K = Cout, N = Cin);
-// and a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (space_to_depth.ts:
-// K = 8 Cin, N = Cout, T = 2, pad 0), as conv3d.ts runs it. K must be a multiple of 16 and N of 32.
+// a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (space_to_depth.ts:
+// K = 8 Cin, N = Cout, T = 2, pad 0), as conv3d.ts runs it; and its input gradient, the transposed 2x2x2 convolution
+// (K = Cout, N = 8 Cin, T = 2, pad 1, taps reversed) giving the space-to-depth of dx, scattered back into dx
+// (DEPTH_TO_SPACE). K must be a multiple of 16 and N of 32.
 //
 // Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] (NCDHW, as everywhere) are transposed around the
-// GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below); the weights are reordered to N blocks of
-// [T^3][K][NB] (tap-major K), NB <= 128 output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the
-// NB channels of one block; each thread 8 voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then
-// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the
-// bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for a
+// GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below; a stride-2 input gradient's result goes straight
+// back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
+// output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the NB channels of one block; each thread 8
+// voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then channels in steps of 16 staged in
+// workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for a
 // space-to-depth source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one
 // binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved;
 // the weight gradient stays with the split-K kernel.
@@ -41,7 +43,7 @@ interface Plan {
   pad: number;
   src: number[]; // [D, H, W] of the GEMM's source (x's space-to-depth for a stride-2 forward)
   out: number[]; // [D, H, W] of the result
-  weights: number; // REORDER's mode: 0 forward, 1 input gradient (flipped), 2 space-to-depth
+  weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
   nz: number; // output slices per slab
 }
 
@@ -52,8 +54,11 @@ function plan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
     const [k, n] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
     p = { k, n, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
-  } else if (s.k === 4 && s.stride === 2 && s.pad === 1 && pass === "forward") {
-    p = { k: 8 * s.cin, n: s.cout, taps: 2, pad: 0, src: out.map((o) => o + 1), out, weights: 2 };
+  } else if (s.k === 4 && s.stride === 2 && s.pad === 1) {
+    const m = out.map((o) => o + 1); // x's space-to-depth
+    p = pass === "forward"
+      ? { k: 8 * s.cin, n: s.cout, taps: 2, pad: 0, src: m, out, weights: 2 }
+      : { k: s.cout, n: 8 * s.cin, taps: 2, pad: 1, src: out, out: m, weights: 3 };
   } else return null;
   if (p.k % BK !== 0 || p.n % 32 !== 0) return null;
   let nb = Math.min(128, p.n);
@@ -185,7 +190,9 @@ fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u)
  * One block's GEMM weights, [T^3][K][NB] for output channels n0.. n0 + NB, from w [Cout][Cin][k^3]. Mode 0, the
  * forward: (K, N) = (Cin, Cout), w transposed. Mode 1, the input gradient: (K, N) = (Cout, Cin), the taps reversed
  * (the transposed convolution's weights). Mode 2, the stride-2 forward over x's space-to-depth: K = 8 Cin, source
- * channel 8c + 4rd + 2rh + rw at tap (a, b, e) reads w's tap (2a + rd, 2b + rh, 2e + rw) of channel c.
+ * channel 8c + 4rd + 2rh + rw at tap (a, b, e) reads w's tap (2a + rd, 2b + rh, 2e + rw) of channel c. Mode 3, its
+ * input gradient (the transposed 2x2x2 convolution, pad 1): (K, N) = (Cout, 8 Cin), mode 2's weights with the taps
+ * reversed.
  */
 const REORDER: Kernel = {
   name: "conv3d_cl_weights",
@@ -204,12 +211,42 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   var s = 0u;
   if (u.mode == 0u) { s = (b * u.k + a) * 27u + tap; }
   else if (u.mode == 1u) { s = (a * u.n + b) * 27u + 26u - tap; }
-  else {
+  else if (u.mode == 2u) {
     let kd = 2u * (tap / 4u) + (a / 4u) % 2u; let kh = 2u * ((tap / 2u) % 2u) + (a / 2u) % 2u;
     let kw = 2u * (tap % 2u) + a % 2u;
     s = (b * (u.k / 8u) + a / 8u) * 64u + (kd * 4u + kh) * 4u + kw;
+  } else {
+    let r = 7u - tap;
+    let kd = 2u * (r / 4u) + (b / 4u) % 2u; let kh = 2u * ((r / 2u) % 2u) + (b / 2u) % 2u;
+    let kw = 2u * (r % 2u) + b % 2u;
+    s = (a * (u.n / 8u) + b / 8u) * 64u + (kd * 4u + kh) * 4u + kw;
   }
   T[u.n0 * (u.m / u.nb) + e] = W[s];
+}`,
+};
+
+/**
+ * The stride-2 input gradient's result, dxs [V][NB] for the space-to-depth slices z0.. of a block of NB channels
+ * (8 per channel of x, from channel c0), scattered back to dx [C][D][H][W]: x voxel (z, y, x) of channel c is parity
+ * (z + 1) % 2 ... of space-to-depth voxel ((z + 1) / 2, ...) (pad 1). Threads: one per x voxel of slices zx0 + y of
+ * the grid, channel c0 + grid z.
+ */
+const DEPTH_TO_SPACE: Kernel = {
+  name: "conv3d_cl_depth_to_space",
+  wgsl: `
+@group(0) @binding(0) var<storage, read> S: array<f32>;
+@group(0) @binding(1) var<storage, read_write> T: array<f32>;
+struct U { H: u32, W: u32, MH: u32, MW: u32, z0: u32, zx0: u32, nb: u32, dst: u32, plane: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3u) {
+  if (id.x >= u.H * u.W) { return; }
+  let y = id.x / u.W;
+  let x = id.x - y * u.W;
+  let z = u.zx0 + id.y;
+  let q = ((z + 1u) % 2u) * 4u + ((y + 1u) % 2u) * 2u + (x + 1u) % 2u;
+  let m = (((z + 1u) / 2u - u.z0) * u.MH + (y + 1u) / 2u) * u.MW + (x + 1u) / 2u;
+  T[u.dst + id.z * u.plane + z * u.H * u.W + id.x] = S[m * u.nb + id.z * 8u + q];
 }`,
 };
 
@@ -245,9 +282,9 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
   if (!p) {
     throw new Error(
       `conv3d channels-last ${pass === "forward" ? "forward" : "input gradient"}: [${s.n},${s.cin},${s.d},${s.h},` +
-        `${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1, or a 4x4x4 ` +
-        `stride-2 forward; channels in, x8 for stride 2, a multiple of 16 and out a multiple of 32; every tensor ` +
-        `within one binding)`,
+        `${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1 or 4x4x4 ` +
+        `stride 2 pad 1; GEMM channels in a multiple of 16 and out of 32, those of x counted 8 times for stride 2; ` +
+        `every tensor within one binding)`,
     );
   }
   const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
@@ -277,8 +314,18 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: nb * t3 * p.k * 4 };
         const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: (z1 - z0) * ohw * nb * 4 }];
         g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(groups / gx), 1]);
-        const dst = ((i * p.n + n0) * od + z0) * ohw;
-        transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+        if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels n0 / 8 ..
+          const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
+          const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + n0 / 8) * plane, plane, 0, 0, 0]);
+          const binds = [{ buffer: ot, size: (z1 - z0) * ohw * nb * 4 }, {
+            buffer: out,
+            size: s.n * s.cin * plane * 4,
+          }];
+          g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
+        } else {
+          const dst = ((i * p.n + n0) * od + z0) * ohw;
+          transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+        }
       }
     }
   }

@@ -40,18 +40,25 @@ Deno.test("conv3d channels-last 4x4x4 stride-2 forward: a 2x2x2 GEMM over x's sp
   await check([1, 2, 5, 4, 6], 160, true, 2); // two output blocks
 });
 
-async function checkDx(xs: number[], cout: number) {
+Deno.test("conv3d channels-last 4x4x4 stride-2 input gradient: the transposed 2x2x2 GEMM, then depth-to-space", async () => {
+  await checkDx([1, 4, 7, 6, 9], 16, 2); // odd sizes: dx's last slice, row and column come from parity 0 only
+  await checkDx([2, 4, 8, 5, 7], 32, 2);
+  await checkDx([1, 20, 5, 4, 6], 16, 2); // 160 GEMM outputs (8 x 20): blocks of 16 and 4 channels of x
+});
+
+async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1) {
   const g = await testGpu();
   await scope(async () => {
-    const ws = [cout, xs[1], 3, 3, 3];
-    const s = K.conv3dShape(xs, ws, null, 1, 1);
+    const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
+    const s = K.conv3dShape(xs, ws, null, stride, 1);
+    assert.ok(channelsLastTakes(g, s, "input_grad"));
     const xv = rand(xs.reduce((a, b) => a * b), 61), wv = rand(ws.reduce((a, b) => a * b), 62);
     const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 63);
     const dy = Tensor.from(g, [s.n, cout, s.od, s.oh, s.ow], dyv), w = Tensor.from(g, ws, wv);
     const dx = Tensor.empty(g, xs);
     conv3dBackwardInputChannelsLast(g, s, dy.buffer, w.buffer, dx.buffer);
     const [got] = await readAll([dx]);
-    assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `channels-last dx [${xs}] -> ${cout}`);
+    assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `channels-last dx [${xs}] -> ${cout} /${stride}`);
   });
 }
 
@@ -85,6 +92,9 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
     // 36 KiB, stride 2: slabs of 3, 3 and 2 of 8 output slices, each made from x's slices through the space-to-depth.
     g.setMaxBindingForTests(36 * 1024);
     await check([1, 2, 16, 10, 12], 32, true, 2);
+    // 32 KiB, stride-2 input gradient: slabs of 4, 4 and 1 of the 9 space-to-depth slices, each with dy's slices.
+    g.setMaxBindingForTests(32 * 1024);
+    await checkDx([1, 4, 16, 10, 12], 16, 2);
   } finally {
     g.setMaxBindingForTests(null);
   }
@@ -98,7 +108,8 @@ Deno.test("conv3d channels-last: which passes it takes (channels in % 16, x8 for
     assert.ok(channelsLastTakes(g, s, "forward"), `[${s.cin} -> ${s.cout}, k${s.k}]`);
   }
   assert.ok(channelsLastTakes(g, shape(32, 32), "input_grad"));
-  assert.equal(channelsLastTakes(g, shape(32, 32, 4, 2, 1), "input_grad"), false); // stride-2 input gradient: gather
+  assert.ok(channelsLastTakes(g, shape(4, 16, 4, 2, 1), "input_grad")); // K = 16, N = 8 x 4
+  assert.equal(channelsLastTakes(g, shape(2, 16, 4, 2, 1), "input_grad"), false); // N = 8 x 2: not a multiple of 32
   for (
     const s of [shape(24, 32), shape(32, 48), shape(3, 32, 4, 2, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]
   ) {

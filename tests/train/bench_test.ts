@@ -27,16 +27,19 @@ for (const mode of BENCH_MODES) {
     await testGpu();
     const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
     // conv: three passes per shape, plus the channels-last ones where they apply (at k=2: the forward 16 -> 32, the
-    // input gradient of 32 -> 16, a GEMM from 16 channels to 32, and the stride-2 forwards 32 -> 32 and 64 -> 64,
-    // GEMMs from 8 x 32 and 8 x 64 space-to-depth channels).
+    // input gradient of 32 -> 16, a GEMM from 16 channels to 32, the stride-2 forwards 32 -> 32 and 64 -> 64, GEMMs
+    // from 8 x 32 and 8 x 64 space-to-depth channels, and the stride-2 input gradients from 16 channels up).
     const cl = rows.filter((r) => r.variant === "channels-last");
     assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 + cl.length : 1);
     if (mode === "conv") {
       assert.deepEqual(cl.map((r) => [r.conv, r.pass]), [
         ["unet L4 8k->16k (c5.conv1)", "forward"],
         ["unet L4 16k->8k (c5.conv2)", "input_grad"],
+        ["disc_2 8k->8k /2", "input_grad"],
         ["disc_3 16k->16k /2", "forward"],
+        ["disc_3 16k->16k /2", "input_grad"],
         ["disc_4 32k->32k /2", "forward"],
+        ["disc_4 32k->32k /2", "input_grad"],
       ]);
     }
     for (const r of rows) {
