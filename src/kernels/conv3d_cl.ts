@@ -35,7 +35,7 @@ const CL_SCRATCH = 256 * 2 ** 20;
 export type ClPass = "forward" | "input_grad";
 
 /** One pass as the GEMM sees it. */
-interface Plan {
+export interface Plan {
   k: number; // GEMM channels in: the source's
   n: number; // GEMM channels out
   nb: number; // output channels per block (a multiple of 32, at most 128)
@@ -48,7 +48,7 @@ interface Plan {
 }
 
 /** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
-function plan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
+export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
   let p: Omit<Plan, "nb" | "nz">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
@@ -70,12 +70,14 @@ function plan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const [ihw, ohw, f] = [p.src[1] * p.src[2], p.out[1] * p.out[2], p.weights === 2 ? 2 : 1];
   const budget = Math.min(CL_SCRATCH, g.maxBinding) / 4;
   const nz = Math.min(p.out[0], Math.floor((budget - (p.taps - 1) * ihw * p.k * f) / (ihw * p.k * f + ohw * nb)));
-  return nb >= 32 && fits && nz >= 1 ? { ...p, nb, nz } : null;
+  // The space-to-depth and depth-to-space kernels cover a slice's H x W along one grid dimension.
+  const grid = ihw <= 256 * g.maxWorkgroupsPerDim && ohw <= 256 * g.maxWorkgroupsPerDim;
+  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, nz } : null;
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
 export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean {
-  return plan(g, s, pass) !== null;
+  return channelsLastPlan(g, s, pass) !== null;
 }
 
 /**
@@ -278,7 +280,7 @@ function transpose(
 
 /** out = conv(src, w) (+ bias) per sample through the GEMM, for the pass's plan. */
 function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer, b: GPUBuffer | null, out: GPUBuffer) {
-  const p = plan(g, s, pass);
+  const p = channelsLastPlan(g, s, pass);
   if (!p) {
     throw new Error(
       `conv3d channels-last ${pass === "forward" ? "forward" : "input gradient"}: [${s.n},${s.cin},${s.d},${s.h},` +

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import {
+  channelsLastPlan,
   channelsLastTakes,
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
@@ -79,21 +80,30 @@ Deno.test("conv3d channels-last input gradient matches the reference (Cin and Co
 
 Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered binding): forward and dx", async () => {
   const g = await testGpu();
+  /** Output slices per slab: the budget holds the slab's source slices (twice for a space-to-depth) and result. */
+  const slab = (xs: number[], cout: number, stride: 1 | 2, pass: "forward" | "input_grad") => {
+    const k = stride === 2 ? 4 : 3;
+    return channelsLastPlan(g, K.conv3dShape(xs, [cout, xs[1], k, k, k], null, stride, 1), pass)?.nz;
+  };
   // 64 KiB: slabs of 7 of the 9 output slices (6x7 each, 16 + 32 channels), so the slab boundary needs halo slices
   // on both sides and the last slab is shorter; the whole tensors and weights still fit one binding.
   g.setMaxBindingForTests(64 * 1024);
   try {
+    assert.equal(slab([1, 16, 9, 6, 7], 32, 1, "forward"), 7);
     await check([1, 16, 9, 6, 7], 32, true);
     await checkDx([1, 32, 9, 6, 7], 16);
     // 120 KiB: slabs of 4, 4 and 2 of 10 slices (9x10, 32 + 32 channels): the middle one has halos on both sides.
     g.setMaxBindingForTests(120 * 1024);
+    assert.equal(slab([1, 32, 10, 9, 10], 32, 1, "forward"), 4);
     await check([1, 32, 10, 9, 10], 32, false);
     await checkDx([1, 32, 10, 9, 10], 32);
     // 36 KiB, stride 2: slabs of 3, 3 and 2 of 8 output slices, each made from x's slices through the space-to-depth.
     g.setMaxBindingForTests(36 * 1024);
+    assert.equal(slab([1, 2, 16, 10, 12], 32, 2, "forward"), 3); // (3 + 1) x 42 x 16 x 2 + 3 x 30 x 32 floats
     await check([1, 2, 16, 10, 12], 32, true, 2);
     // 32 KiB, stride-2 input gradient: slabs of 4, 4 and 1 of the 9 space-to-depth slices, each with dy's slices.
     g.setMaxBindingForTests(32 * 1024);
+    assert.equal(slab([1, 4, 16, 10, 12], 16, 2, "input_grad"), 4); // (4 + 1) x 30 x 16 + 4 x 42 x 32 floats
     await checkDx([1, 4, 16, 10, 12], 16, 2);
   } finally {
     g.setMaxBindingForTests(null);

@@ -11,15 +11,15 @@ import { assertClose, rand, testGpu } from "../util.ts";
  * the forward's and the input gradient's dispatch counts (they tell the kernels apart: channels-last reorders the
  * weights and transposes around its GEMM).
  */
-async function convOp(g: Gpu, xs: number[], cout: number): Promise<[number, number]> {
+async function convOp(g: Gpu, xs: number[], cout: number, stride: 1 | 2 = 1): Promise<[number, number]> {
   return await scope(async () => {
-    const ws = [cout, xs[1], 3, 3, 3], s = K.conv3dShape(xs, ws, [cout], 1, 1);
+    const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k], s = K.conv3dShape(xs, ws, [cout], stride, 1);
     const xv = rand(xs.reduce((a, b) => a * b), 41), wv = rand(ws.reduce((a, b) => a * b), 42), bv = rand(cout, 43);
     const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 44);
     const x = Tensor.from(g, xs, xv);
     x.requiresGrad = true;
     const d0 = g.dispatches;
-    const y = conv3d(x, Tensor.from(g, ws, wv), Tensor.from(g, [cout], bv), 1, 1);
+    const y = conv3d(x, Tensor.from(g, ws, wv), Tensor.from(g, [cout], bv), stride, 1);
     const d1 = g.dispatches;
     backward(y, Tensor.from(g, y.shape, dyv)); // the input gradient only: w and b take none
     const d2 = g.dispatches;
@@ -44,9 +44,12 @@ Deno.test("conv kernels: gather by default, channels-last where eligible in that
     assert.equal(convVariant(g, small, "forward"), "gather"); // 3 channels in: not eligible
     const cl = await convOp(g, [2, 32, 5, 6, 7], 32); // odd sizes, N = 2, through channels-last
     const mixed = await convOp(g, [1, 16, 5, 6, 7], 32); // forward channels-last, input gradient (32 -> 16) gather
+    const cl2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2); // 4x4x4 stride 2: both passes through space-to-depth GEMMs
     setConvKernels(g, "gather");
     const gather = await convOp(g, [2, 32, 5, 6, 7], 32), gatherMixed = await convOp(g, [1, 16, 5, 6, 7], 32);
+    const gather2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2);
     assert.ok(cl[0] !== gather[0] && cl[1] !== gather[1], `channels-last ran: ${cl} vs gather ${gather}`);
+    assert.ok(cl2[0] !== gather2[0] && cl2[1] !== gather2[1], `channels-last ran: ${cl2} vs gather ${gather2}`);
     assert.ok(mixed[0] > gatherMixed[0] && mixed[1] === gatherMixed[1], `${mixed} vs ${gatherMixed}`);
   } finally {
     setConvKernels(g, "gather");
