@@ -185,6 +185,38 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "train --conv-kernel tuned: the discriminator's eligible passes are timed and logged",
+  sanitizeResources: false,
+  fn: async () => {
+    const g = await testGpu();
+    const [teacher, student] = await generators(2);
+    const cfg = {
+      ...HADNET_DEFAULTS,
+      data: `${TMP}/proc`,
+      ...LISTS,
+      test: [],
+      teacher,
+      student,
+      out: newOut(),
+      epochs: 1,
+      convKernels: "tuned" as const,
+    };
+    try {
+      const r = await trainHadnet(g, cfg, quiet);
+      assert.ok(r.history.every((h) => Number.isFinite(h.genLoss) && Number.isFinite(h.discLoss)));
+    } finally {
+      setConvKernels(g, "gather");
+    }
+    // At k = 2 (32^3): the discriminator's stride-2 passes from 16 channels up (the U-Net's eligible shapes may have
+    // been timed already by an earlier test in this process: choices stay with the device).
+    const tunes = readJsonl(`${cfg.out}/log.jsonl`).filter((e) => e.event === "tune").map((e) => e.conv as string);
+    for (const c of ["forward [1,32,8,8,8] -> 32, k4 s2", "input_grad [1,16,16,16,16] -> 16, k4 s2"]) {
+      assert.ok(tunes.some((t) => t.startsWith(c)), `no tune event for ${c}: ${tunes.join("; ")}`);
+    }
+  },
+});
+
 Deno.test("SubjectCache keeps subjects while under its bound and hands the same sample back", async () => {
   const root = resolveDataRoot(`${TMP}/proc`);
   const one = 32 ** 3 * (3 * 4 + 2); // student input (f32) + labels + mask
