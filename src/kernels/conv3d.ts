@@ -314,6 +314,9 @@ function windows(g: Gpu, base: number, planes: number, planeElems: number, eb = 
   }));
 }
 
+/** A window of whole channels over a buffer: channels [first, first + count), bound at offset/size, shift elements. */
+type ChannelWindow = ReturnType<typeof windows>[number];
+
 interface Gather {
   n: number;
   src: GPUBuffer;
@@ -396,11 +399,11 @@ const S2D_BYTES = 64 * 2 ** 20; // the most space-to-depth source held at once (
  */
 function s2dWindows(g: Gpu, p: Gather, n: number, srcPlane: number) {
   const s2d = p.s2d!, [cin, d, h, w] = s2d.shape, eb = STORAGE_BYTES[p.srcT];
-  const group = 8 * srcPlane * eb;
-  const per = Math.max(1, Math.min(Math.floor(S2D_BYTES / group), Math.floor((g.maxBinding - g.offsetAlign) / group)));
-  if (group > g.maxBinding - g.offsetAlign) {
+  const group = 8 * srcPlane * eb, room = g.maxBinding - g.offsetAlign;
+  if (group > room) {
     throw new Error(`conv3d: one channel's space-to-depth (${group} bytes) exceeds the max storage binding`);
   }
+  const per = Math.max(1, Math.min(Math.floor(S2D_BYTES / group), Math.floor(room / group)));
   const out = [];
   for (let c0 = 0; c0 < cin; c0 += per) {
     const cc = Math.min(per, cin - c0), size = Math.ceil((cc * group) / 4) * 4;
@@ -433,82 +436,88 @@ function gather(g: Gpu, p: Gather) {
   // Weights are bound in windows of whole channels of their outer axis, so the channel windows of that side also
   // fit its weight slice.
   const wPer = p.wAxis === "dst" ? p.wOC : p.wIC;
-  for (let n = 0; n < p.n; n++) {
-    const db = STORAGE_BYTES[p.dstT];
-    for (const ow of windows(g, n * p.dstC, p.dstC, dstPlane, db, p.wAxis === "dst" ? wPer * 4 : 0)) {
-      srcWindows(n, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
-        const src = iw.fill ? iw.fill() : p.src;
-        let parts: GPUBuffer | null = null;
-        try {
-          const wc = p.wAxis === "dst" ? ow : iw;
-          const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
-          const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
-          const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
-          // The first class is the largest; every class of a window takes the same path (they share the partials).
-          // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
-          let cov = threadBlock(p.taps, p.dstC, 1).cov;
-          let plan = splitPlan(g, p, p.classes[0].size, cov, ow.count, iw.count);
-          const narrow = plan && cov > 1 && plan.split.kz < SIMD
-            ? splitPlan(g, p, p.classes[0].size, 1, ow.count, iw.count)
-            : null;
-          if (plan && narrow && narrow.split.kz > plan.split.kz) [cov, plan] = [1, narrow];
-          const partBytes = plan ? plan.m * plan.chunks * plan.split.kz * 4 : 0;
-          parts = plan ? g.alloc(partBytes) : null;
-          for (const c of p.classes) {
-            const [od, oh, owd] = c.size;
-            if (od * oh * owd === 0) continue;
-            const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
-            const kernel = gatherKernel(
-              p.taps,
-              cov,
-              vh,
-              plan ? plan.split : null,
-              p.srcT,
-              plan ? "f32" : p.dstT,
-              p.s2d !== null,
-            );
-            const blocks = Math.ceil(ow.count / (4 * cov));
-            const chunks = plan ? plan.chunks : 1;
-            if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
-              throw new Error(
-                `conv3d: ${od} output slices x ${blocks} channel blocks x ${chunks} chunks exceed one dispatch dimension`,
-              );
-            }
-            const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
-            u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
-            u.set([...c.r, ow.count, ...c.pad, iw.shift, ciW, ow.first, plan ? 0 : ow.shift, p.k], 12);
-            u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
-            u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0, ww.shift, coW, 0, 0], 32);
-            g.dispatch(
-              kernel,
-              [
-                { buffer: src, offset: iw.offset, size: iw.size },
-                { buffer: p.w, offset: ww.offset, size: ww.size },
-                p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
-                parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
-              ],
-              u,
-              [Math.ceil(owd / (VW * wx)), Math.ceil(oh / (wy * vh)), od * blocks * chunks],
-            );
-          }
-          if (plan && parts) {
-            g.dispatch(
-              SUM_OUT[p.dstT],
-              [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
-                buffer: p.dst,
-                offset: ow.offset,
-                size: ow.size,
-              }],
-              new Uint32Array([dstPlane, plan.chunks * plan.split.kz, plan.m, ow.shift, ow.first, flags, 0, 0]),
-              [Math.ceil(dstPlane / 64), ow.count, 1],
-            );
-          }
-        } finally {
-          if (parts) g.free(parts);
-          if (iw.fill) g.free(src);
+  /** Sums source window iw (bound from `src`) into destination window ow; the i-th source window assigns when 0. */
+  const pair = (iw: ChannelWindow, ow: ChannelWindow, i: number, src: GPUBuffer) => {
+    let parts: GPUBuffer | null = null;
+    try {
+      const wc = p.wAxis === "dst" ? ow : iw;
+      const ww = bindingWindow(g, wc.first * wPer, wc.count * wPer);
+      const [coW, ciW] = p.wAxis === "dst" ? [0, iw.first] : [ow.first, 0];
+      const flags = (i === 0 && p.b ? 1 : 0) | (i > 0 ? 2 : 0);
+      // The first class is the largest; every class of a window takes the same path (they share the partials).
+      // Split-K takes 4 output channels per thread where 8 stage too few input channels to fill the SIMD lanes.
+      let cov = threadBlock(p.taps, p.dstC, 1).cov;
+      let plan = splitPlan(g, p, p.classes[0].size, cov, ow.count, iw.count);
+      const narrow = plan && cov > 1 && plan.split.kz < SIMD
+        ? splitPlan(g, p, p.classes[0].size, 1, ow.count, iw.count)
+        : null;
+      if (plan && narrow && narrow.split.kz > plan.split.kz) [cov, plan] = [1, narrow];
+      const partBytes = plan ? plan.m * plan.chunks * plan.split.kz * 4 : 0;
+      parts = plan ? g.alloc(partBytes) : null;
+      for (const c of p.classes) {
+        const [od, oh, owd] = c.size;
+        if (od * oh * owd === 0) continue;
+        const vh = plan ? 1 : threadBlock(p.taps, p.dstC, oh).vh;
+        const kernel = gatherKernel(
+          p.taps,
+          cov,
+          vh,
+          plan ? plan.split : null,
+          p.srcT,
+          plan ? "f32" : p.dstT,
+          p.s2d !== null,
+        );
+        const blocks = Math.ceil(ow.count / (4 * cov));
+        const chunks = plan ? plan.chunks : 1;
+        if (od * blocks * chunks > g.maxWorkgroupsPerDim) {
+          throw new Error(
+            `conv3d: ${od} output slices x ${blocks} channel blocks x ${chunks} chunks exceed one dispatch dimension`,
+          );
         }
-      });
+        const [wx, wy] = plan ? [plan.split.wx, plan.split.wy] : [WX, WY];
+        u.set([sd, sh, sw, srcPlane, od, oh, owd, iw.count, dw, dh * dw, dstPlane, p.outStep]);
+        u.set([...c.r, ow.count, ...c.pad, iw.shift, ciW, ow.first, plan ? 0 : ow.shift, p.k], 12);
+        u.set([p.wOC, p.wIC, p.tapStep, plan ? 0 : flags, ...c.tap, stagedChannels(p.taps, cov, p.srcC)], 24);
+        u.set([plan ? plan.kper : iw.count, blocks, plan ? plan.m : 0, 0, ww.shift, coW, 0, 0], 32);
+        g.dispatch(
+          kernel,
+          [
+            { buffer: src, offset: iw.offset, size: iw.size },
+            { buffer: p.w, offset: ww.offset, size: ww.size },
+            p.b ? { buffer: p.b } : { buffer: p.w, offset: ww.offset, size: ww.size }, // unread without a bias
+            parts ? { buffer: parts, size: partBytes } : { buffer: p.dst, offset: ow.offset, size: ow.size },
+          ],
+          u,
+          [Math.ceil(owd / (VW * wx)), Math.ceil(oh / (wy * vh)), od * blocks * chunks],
+        );
+      }
+      if (plan && parts) {
+        g.dispatch(
+          SUM_OUT[p.dstT],
+          [{ buffer: parts, size: partBytes }, p.b ? { buffer: p.b } : { buffer: parts, size: partBytes }, {
+            buffer: p.dst,
+            offset: ow.offset,
+            size: ow.size,
+          }],
+          new Uint32Array([dstPlane, plan.chunks * plan.split.kz, plan.m, ow.shift, ow.first, flags, 0, 0]),
+          [Math.ceil(dstPlane / 64), ow.count, 1],
+        );
+      }
+    } finally {
+      if (parts) g.free(parts);
     }
+  };
+  for (let n = 0; n < p.n; n++) {
+    const outs = windows(g, n * p.dstC, p.dstC, dstPlane, STORAGE_BYTES[p.dstT], p.wAxis === "dst" ? wPer * 4 : 0);
+    // Source windows outside: a space-to-depth chunk is made once for every destination window.
+    srcWindows(n, p.wAxis === "src" ? wPer * 4 : 0).forEach((iw, i) => {
+      const src = iw.fill ? iw.fill() : p.src;
+      try {
+        for (const ow of outs) pair(iw, ow, i, src);
+      } finally {
+        if (iw.fill) g.free(src);
+      }
+    });
   }
 }
 
