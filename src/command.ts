@@ -47,7 +47,8 @@ export function choiceOpt<T extends string>(v: unknown, name: string, choices: r
 
 /** Help for --conv-kernel (training, inference and bench share it; src/kernels/conv_select.ts). */
 export const CONV_KERNEL_HELP =
-  "  --conv-kernel K       convolution kernels: gather (default), channels-last (wherever it applies: 3x3x3 with\n" +
-  "                        channels in a multiple of 16, out a multiple of 32 up to 128; more memory) or tuned (both\n" +
-  "                        timed on this GPU for each shape after the first step it appears in, the faster kept and\n" +
-  '                        logged as a "tune" event)';
+  "  --conv-kernel K       convolution kernels: gather (default), channels-last (a GEMM, wherever it applies: 3x3x3\n" +
+  "                        and 4x4x4 stride-2 forward and input gradient with channels in a multiple of 16, x8 for\n" +
+  "                        stride 2, and out a multiple of 32; it holds up to 256 MiB of scratch and a reordered\n" +
+  "                        copy of the weights while it runs) or tuned (both timed on this GPU for each shape after\n" +
+  '                        the first step it appears in, the faster kept and logged as a "tune" event)';

@@ -200,10 +200,12 @@ async function benchMode(
     emit?.(r);
   };
   /** Tuned kernels: one line per measured choice after the first warmup step; the peak restarts after the scratch. */
-  const tune = async () => {
-    for (const c of await tuneConvs(g)) push({ ...baseFields(g, o), tune: c });
-    g.resetPeak();
-  };
+  const tune = o.convKernels === "tuned"
+    ? async () => {
+      for (const c of await tuneConvs(g)) push({ ...baseFields(g, o), tune: c });
+      g.resetPeak();
+    }
+    : undefined;
   /** Appends the result line (with TFLOP/s when flop is given) and, when profiled, one line per kernel. */
   const report = (r: Awaited<ReturnType<typeof time>>, extra: Record<string, unknown> = {}, flop = 0) => {
     const med = median(r.ms);
