@@ -295,43 +295,49 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
   for (let n0 = 0; n0 < p.n; n0 += p.nb) blocks.push([n0, Math.min(p.nb, p.n - n0)]);
   const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(p.nz * ohw * p.nb * 4);
   const xs = p.weights === 2 ? g.alloc(held * ihw * p.k * 4) : null;
-  for (const [n0, nb] of blocks) {
-    const rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
-    const u = new Uint32Array([p.k, p.n, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, 0]);
-    g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
-  }
-  const [srcC, outV] = [pass === "forward" ? s.cin : s.cout, od * ohw];
-  for (let i = 0; i < s.n; i++) {
-    for (let z0 = 0; z0 < od; z0 += p.nz) {
-      // Output slices [z0, z1) read source slices [zlo, zhi).
-      const z1 = Math.min(od, z0 + p.nz), zlo = Math.max(0, z0 - p.pad), zhi = Math.min(sd, z1 - p.pad + p.taps - 1);
-      const cols = (zhi - zlo) * ihw;
-      if (xs) { // the space-to-depth of x's slices for this slab, then transposed
-        spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
-        transpose(g, [xs, 0, cols], [st, 0, p.k], p.k, cols, null);
-      } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.k, cols, null);
-      const groups = Math.ceil(((z1 - z0) * ohw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
-      const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, 0, 0, 0]);
-      for (const [n0, nb] of blocks) {
-        const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: nb * t3 * p.k * 4 };
-        const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: (z1 - z0) * ohw * nb * 4 }];
-        g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(groups / gx), 1]);
-        if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels n0 / 8 ..
-          const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
-          const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + n0 / 8) * plane, plane, 0, 0, 0]);
-          const binds = [{ buffer: ot, size: (z1 - z0) * ohw * nb * 4 }, {
-            buffer: out,
-            size: s.n * s.cin * plane * 4,
+  try {
+    for (const [n0, nb] of blocks) {
+      const rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
+      const u = new Uint32Array([p.k, p.n, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, 0]);
+      g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
+    }
+    const [srcC, outV] = [pass === "forward" ? s.cin : s.cout, od * ohw];
+    for (let i = 0; i < s.n; i++) {
+      for (let z0 = 0; z0 < od; z0 += p.nz) {
+        // Output slices [z0, z1) read source slices [zlo, zhi).
+        const z1 = Math.min(od, z0 + p.nz), zlo = Math.max(0, z0 - p.pad), zhi = Math.min(sd, z1 - p.pad + p.taps - 1);
+        const cols = (zhi - zlo) * ihw;
+        if (xs) { // the space-to-depth of x's slices for this slab, then transposed
+          spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
+          transpose(g, [xs, 0, cols], [st, 0, p.k], p.k, cols, null);
+        } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.k, cols, null);
+        const groups = Math.ceil(((z1 - z0) * ohw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
+        const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, 0, 0, 0]);
+        for (const [n0, nb] of blocks) {
+          const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: nb * t3 * p.k * 4 };
+          const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, {
+            buffer: ot,
+            size: (z1 - z0) * ohw * nb * 4,
           }];
-          g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
-        } else {
-          const dst = ((i * p.n + n0) * od + z0) * ohw;
-          transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+          g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(groups / gx), 1]);
+          if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels n0 / 8 ..
+            const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
+            const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + n0 / 8) * plane, plane, 0, 0, 0]);
+            const binds = [{ buffer: ot, size: (z1 - z0) * ohw * nb * 4 }, {
+              buffer: out,
+              size: s.n * s.cin * plane * 4,
+            }];
+            g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
+          } else {
+            const dst = ((i * p.n + n0) * od + z0) * ohw;
+            transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+          }
         }
       }
     }
+  } finally {
+    for (const t of [wt, st, ot, xs]) if (t) g.free(t);
   }
-  for (const t of [wt, st, ot, xs]) if (t) g.free(t);
 }
 
 /** y = conv3d(x, w) + b through the channels-last GEMM; s must be eligible (channelsLastTakes). */
