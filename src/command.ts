@@ -47,8 +47,9 @@ export function choiceOpt<T extends string>(v: unknown, name: string, choices: r
 
 /** Help for --conv-kernel (training, inference and bench share it; src/kernels/conv_select.ts). */
 export const CONV_KERNEL_HELP =
-  "  --conv-kernel K       convolution kernels: gather (default), channels-last (a GEMM, wherever it applies: 3x3x3\n" +
-  "                        and 4x4x4 stride-2 forward and input gradient with channels in a multiple of 16, x8 for\n" +
-  "                        stride 2, and out a multiple of 32; it holds up to 256 MiB of scratch and a reordered\n" +
-  "                        copy of the weights while it runs) or tuned (both timed on this GPU for each shape after\n" +
-  '                        the first step it appears in, the faster kept and logged as a "tune" event)';
+  "  --conv-kernel K       convolution kernels: gather (default), channels-last (GEMMs, wherever they apply: every\n" +
+  "                        weight gradient, and the 3x3x3 and 4x4x4 stride-2 forward and input gradient with channels\n" +
+  "                        in a multiple of 16, x8 for stride 2, and out a multiple of 32; they hold up to 256 MiB of\n" +
+  "                        scratch and a reordered copy of the weights while they run) or tuned (both timed on this\n" +
+  "                        GPU for each shape and pass after the first step it appears in, the faster kept and logged\n" +
+  '                        as a "tune" event)';

@@ -714,7 +714,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 };
 
 /** out[first + i] = sum over `count` parts of parts[part * m + i], for i < m. */
-function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number, first = 0) {
+export function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number, first = 0) {
   const grid = grid1d(g, Math.ceil(m / 256));
   const o = bindingWindow(g, first, m);
   g.dispatch(

@@ -25,7 +25,7 @@ import type { Conv3dShape } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
 import { spaceToDepth2 } from "./space_to_depth.ts";
 
-const BM = 256, BK = 16;
+export const BM = 256, BK = 16;
 /**
  * The most scratch held at once (the volume is taken in depth slabs that fit): at 160x192x160, k=32 five slabs for a
  * level-0 32 -> 32 convolution, and every memory target holds with channels-last everywhere.
@@ -81,13 +81,13 @@ export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean
 }
 
 /**
- * The GEMM for one block of NB output channels of a plan: a slab of u.nz output slices (of OH x OW) starting at
- * slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read at voxel o + tap - pad.
+ * The register tile both GEMMs (this file's and conv3d_cl_dw.ts's) share: a workgroup's 256 x NB outputs from
+ * As [16][256] and Bs [16][NB] in workgroup memory (vec4s; 16 steps of the reduction), thread t (rg = t / 8,
+ * cg = t % 8) accumulating rows 8 rg .. 8 rg + 7 x columns 4 (cg nv + j) .. + 3 (nv = NB / 32) in named vec4s
+ * c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays).
  */
-function gemmKernel(p: Plan, nb: number): Kernel {
-  const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
-  const nv = nb / 32;
-  const acc: string[] = [];
+export function registerTile(nb: number): { acc: string[]; inner: string } {
+  const nv = nb / 32, acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
   for (let kk = 0; kk < BK; kk++) {
@@ -100,6 +100,17 @@ function gemmKernel(p: Plan, nb: number): Kernel {
     }
     inner += "}\n";
   }
+  return { acc, inner };
+}
+
+/**
+ * The GEMM for one block of NB output channels of a plan: a slab of u.nz output slices (of OH x OW) starting at
+ * slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read at voxel o + tap - pad.
+ */
+function gemmKernel(p: Plan, nb: number): Kernel {
+  const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
+  const nv = nb / 32;
+  const { acc, inner } = registerTile(nb);
   let stores = "";
   for (let r = 0; r < 8; r++) {
     stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;

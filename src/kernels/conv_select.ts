@@ -1,24 +1,26 @@
-// Which kernel runs a convolution's forward and input gradient: the NCDHW gather kernel (conv3d.ts, every shape) or,
-// where eligible, the channels-last GEMM (conv3d_cl.ts). Which is faster depends on the device and the shape (on
+// Which kernel runs each pass of a convolution: the NCDHW gather kernels (conv3d.ts, every shape) or, where eligible,
+// the channels-last GEMMs (conv3d_cl.ts for the forward and input gradient, conv3d_cl_dw.ts for the weight gradient). Which is faster depends on the device and the shape (on
 // lavapipe channels-last ran 0.35x-1.9x the gather's speed by layer), so it is a per-device mode (`--conv-kernel`):
 // - "gather" (the default): the gather kernel everywhere;
 // - "channels-last": channels-last wherever eligible (to measure it, and to plan its memory);
 // - "tuned": measured, not guessed. Every eligible shape seen since the last tuneConvs call is timed there with both
 //   kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the gather.
 // f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of a depth
-// slab of its source and result (at most 256 MiB) and the reordered weights during the call.
+// slab of its source and result (at most 256 MiB) and the reordered weights during a forward or input gradient, and its
+// split-K partials (at most 256 MiB) during a weight gradient.
 
-import { conv3dBackwardInput, conv3dForward, type Conv3dShape } from "./conv3d.ts";
+import { conv3dBackwardInput, conv3dBackwardWeight, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import {
   channelsLastTakes,
   type ClPass,
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
 } from "./conv3d_cl.ts";
+import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "./conv3d_cl_dw.ts";
 import type { Gpu, Storage } from "./device.ts";
 import { median } from "./profile.ts";
 
-export type ConvPass = ClPass;
+export type ConvPass = ClPass | "weight_grad";
 export type ConvVariant = "gather" | "channels-last";
 export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
 export type ConvKernels = typeof CONV_KERNELS[number];
@@ -46,10 +48,15 @@ export function setConvKernels(g: Gpu, mode: ConvKernels) {
   if (mode !== "tuned") table(g).pending.clear();
 }
 
+/** Whether a channels-last kernel takes this pass of this convolution. */
+function eligible(g: Gpu, s: Conv3dShape, pass: ConvPass): boolean {
+  return pass === "weight_grad" ? dwGemmPlan(g, s) !== null : channelsLastTakes(g, s, pass);
+}
+
 /** The variant a pass of this shape runs now. */
 export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass): ConvVariant {
   const t = table(g);
-  if (t.mode === "gather" || !channelsLastTakes(g, s, pass)) return "gather";
+  if (t.mode === "gather" || !eligible(g, s, pass)) return "gather";
   if (t.mode === "channels-last") return "channels-last";
   const k = key(s, pass), v = t.chosen.get(k);
   if (!v) t.pending.set(k, { s, pass });
@@ -77,6 +84,12 @@ export function convBackwardInput(g: Gpu, s: Conv3dShape, dy: GPUBuffer, w: GPUB
   else conv3dBackwardInput(g, s, dy, w, dx);
 }
 
+/** dw (assigned) from x and dy with the chosen kernel (see conv3dBackwardWeight). */
+export function convBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPUBuffer, dw: GPUBuffer) {
+  if (convVariant(g, s, "weight_grad") === "channels-last") conv3dBackwardWeightChannelsLast(g, s, x, dy, dw);
+  else conv3dBackwardWeight(g, s, x, dy, dw);
+}
+
 /** One measured choice: milliseconds per call of each variant (median) and the one kept. */
 export interface ConvChoice {
   conv: string;
@@ -95,15 +108,13 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   if (t.mode !== "tuned" || !t.pending.size) return out;
   await g.sync(); // the step's own work must not count against the first variant timed
   for (const [k, { s, pass }] of t.pending) {
-    const [vin, vout] = [s.d * s.h * s.w, s.od * s.oh * s.ow];
-    const [src, dst] = pass === "forward" ? [s.cin * vin, s.cout * vout] : [s.cout * vout, s.cin * vin];
-    const [a, w, b, y] = [s.n * src, s.cout * s.cin * s.k ** 3, s.cout, s.n * dst].map((n) => g.alloc(n * 4));
-    const run = (v: ConvVariant) => {
-      if (pass === "forward") {
-        if (v === "gather") conv3dForward(g, s, a, w, b, y);
-        else conv3dForwardChannelsLast(g, s, a, w, b, y);
-      } else if (v === "gather") conv3dBackwardInput(g, s, a, w, y);
-      else conv3dBackwardInputChannelsLast(g, s, a, w, y);
+    const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
+    const [x, w, b, y] = [s.cin * vin, s.cout * s.cin * s.k ** 3, s.cout, s.cout * vout].map((n) => g.alloc(n * 4));
+    const run = (v: ConvVariant) => { // x doubles as dx, y as dy and w as dw
+      const cl = v === "channels-last";
+      if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, x, w, b, y);
+      else if (pass === "input_grad") (cl ? conv3dBackwardInputChannelsLast : conv3dBackwardInput)(g, s, y, w, x);
+      else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, x, y, w);
     };
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
     try {
@@ -118,7 +129,7 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
         ms[v] = median(times);
       }
     } finally {
-      for (const buf of [a, w, b, y]) g.free(buf);
+      for (const buf of [x, w, b, y]) g.free(buf);
     }
     const variant = ms["channels-last"] < ms.gather ? "channels-last" : "gather";
     t.chosen.set(k, variant);

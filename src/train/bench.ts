@@ -13,6 +13,7 @@
 import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
 import { channelsLastTakes, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
+import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "../kernels/conv3d_cl_dw.ts";
 import { CONV_KERNELS, type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
@@ -255,7 +256,7 @@ async function benchMode(
           ["input_grad", "gather", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
           ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
         ];
-        // The channels-last candidates (src/kernels/conv3d_cl.ts), timed beside the gather kernel where they apply.
+        // The channels-last candidates (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts), timed beside the gather kernel where they apply.
         if (channelsLastTakes(g, s, "forward")) {
           const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
           passes.splice(1, 0, ["forward", "channels-last", fn]);
@@ -263,6 +264,10 @@ async function benchMode(
         if (channelsLastTakes(g, s, "input_grad")) {
           const fn = () => conv3dBackwardInputChannelsLast(g, s, y.buffer, w.buffer, dx.buffer);
           passes.splice(passes.length - 1, 0, ["input_grad", "channels-last", fn]);
+        }
+        if (dwGemmPlan(g, s)) {
+          const fn = () => conv3dBackwardWeightChannelsLast(g, s, x.buffer, y.buffer, dw.buffer);
+          passes.push(["weight_grad", "channels-last", fn]);
         }
         const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
         for (const [pass, variant, fn] of passes) {

@@ -7,26 +7,29 @@ import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
 /**
- * conv3d forward and input gradient through the op (3x3x3, pad 1, bias), checked against the CPU references; returns
- * the forward's and the input gradient's dispatch counts (they tell the kernels apart: channels-last reorders the
- * weights and transposes around its GEMM).
+ * conv3d forward and input gradient (and with `dw`, the weight gradient) through the op (3x3x3, pad 1, bias), checked
+ * against the CPU references; returns the forward's and the backward's dispatch counts (they tell the kernels apart:
+ * channels-last reorders the weights and transposes around its GEMM, and runs the weight gradient as one GEMM).
  */
-async function convOp(g: Gpu, xs: number[], cout: number, stride: 1 | 2 = 1): Promise<[number, number]> {
+async function convOp(g: Gpu, xs: number[], cout: number, stride: 1 | 2 = 1, dw = false): Promise<[number, number]> {
   return await scope(async () => {
     const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k], s = K.conv3dShape(xs, ws, [cout], stride, 1);
     const xv = rand(xs.reduce((a, b) => a * b), 41), wv = rand(ws.reduce((a, b) => a * b), 42), bv = rand(cout, 43);
     const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 44);
-    const x = Tensor.from(g, xs, xv);
+    const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv);
     x.requiresGrad = true;
+    w.requiresGrad = dw; // b takes no gradient
     const d0 = g.dispatches;
-    const y = conv3d(x, Tensor.from(g, ws, wv), Tensor.from(g, [cout], bv), stride, 1);
+    const y = conv3d(x, w, Tensor.from(g, [cout], bv), stride, 1);
     const d1 = g.dispatches;
-    backward(y, Tensor.from(g, y.shape, dyv)); // the input gradient only: w and b take none
+    backward(y, Tensor.from(g, y.shape, dyv));
     const d2 = g.dispatches;
     const [yg, dx] = await readAll([y, x.grad!]);
+    const ref = K.conv3dBackwardRef(xv, wv, dyv, s);
     assertClose(yg, K.conv3dRef(xv, wv, bv, s), 1e-5, "forward");
-    assertClose(dx, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, "dx");
-    x.grad!.dispose();
+    assertClose(dx, ref.dx, 1e-5, "dx");
+    if (dw) assertClose((await readAll([w.grad!]))[0], ref.dw, 1e-5, "dw");
+    for (const t of [x, w]) t.grad?.dispose();
     return [d1 - d0, d2 - d1 - 1] as [number, number]; // less the upload of dy
   });
 }
@@ -45,9 +48,16 @@ Deno.test("conv kernels: gather by default, channels-last where eligible in that
     const cl = await convOp(g, [2, 32, 5, 6, 7], 32); // odd sizes, N = 2, through channels-last
     const mixed = await convOp(g, [1, 16, 5, 6, 7], 32); // forward channels-last, input gradient (32 -> 16) gather
     const cl2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2); // 4x4x4 stride 2: both passes through space-to-depth GEMMs
+    assert.equal(convVariant(g, small, "weight_grad"), "channels-last"); // the dw GEMM takes any channel count
+    const clDw = await convOp(g, [2, 3, 5, 6, 7], 32, 1, true), clDw2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2, true);
     setConvKernels(g, "gather");
     const gather = await convOp(g, [2, 32, 5, 6, 7], 32), gatherMixed = await convOp(g, [1, 16, 5, 6, 7], 32);
     const gather2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2);
+    const gatherDw = await convOp(g, [2, 3, 5, 6, 7], 32, 1, true);
+    const gatherDw2 = await convOp(g, [2, 4, 7, 6, 5], 32, 2, true);
+    // dx of 3 input channels runs the gather kernel in both modes, so the backward counts differ by dw's alone.
+    assert.ok(clDw[1] !== gatherDw[1], `channels-last dw ran: ${clDw} vs gather ${gatherDw}`);
+    assert.ok(clDw2[1] - cl2[1] !== gatherDw2[1] - gather2[1], `dw: ${clDw2}, ${cl2} vs ${gatherDw2}, ${gather2}`);
     assert.ok(cl[0] !== gather[0] && cl[1] !== gather[1], `channels-last ran: ${cl} vs gather ${gather}`);
     assert.ok(cl2[0] !== gather2[0] && cl2[1] !== gather2[1], `channels-last ran: ${cl2} vs gather ${gather2}`);
     assert.ok(mixed[0] > gatherMixed[0] && mixed[1] === gatherMixed[1], `${mixed} vs ${gatherMixed}`);
@@ -73,6 +83,11 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     assert.equal(convVariant(g, s, "forward"), c.variant);
     await convOp(g, [1, 16, 4, 5, 6], 32); // exact with whichever was kept
     assert.deepEqual(await tuneConvs(g, 1), []); // timed once
+    await convOp(g, [1, 3, 4, 5, 6], 8, 1, true); // the weight gradient: eligible whatever the channels
+    const [d] = await tuneConvs(g, 1);
+    assert.equal(d.conv, "weight_grad [1,3,4,5,6] -> 8, k3 s1 p1");
+    assert.equal(convVariant(g, shape([1, 3, 4, 5, 6], 8), "weight_grad"), d.variant);
+    await convOp(g, [1, 3, 4, 5, 6], 8, 1, true);
     await convOp(g, [1, 16, 3, 5, 6], 32); // seen in tuned mode, then the mode changes: nothing left to time
     setConvKernels(g, "gather");
     assert.deepEqual(await tuneConvs(g, 1), []);

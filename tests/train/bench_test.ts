@@ -28,11 +28,14 @@ for (const mode of BENCH_MODES) {
     const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
     // conv: three passes per shape, plus the channels-last ones where they apply (at k=2: the forward 16 -> 32, the
     // input gradient of 32 -> 16, a GEMM from 16 channels to 32, the stride-2 forwards 32 -> 32 and 64 -> 64, GEMMs
-    // from 8 x 32 and 8 x 64 space-to-depth channels, and the stride-2 input gradients from 16 channels up).
+    // from 8 x 32 and 8 x 64 space-to-depth channels, the stride-2 input gradients from 16 channels up, and every
+    // weight gradient).
     const cl = rows.filter((r) => r.variant === "channels-last");
     assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 + cl.length : 1);
     if (mode === "conv") {
-      assert.deepEqual(cl.map((r) => [r.conv, r.pass]), [
+      const dw = cl.filter((r) => r.pass === "weight_grad").map((r) => r.conv);
+      assert.deepEqual(dw, convCases([32, 32, 32], 2).map((c) => c.name));
+      assert.deepEqual(cl.filter((r) => r.pass !== "weight_grad").map((r) => [r.conv, r.pass]), [
         ["unet L4 8k->16k (c5.conv1)", "forward"],
         ["unet L4 16k->8k (c5.conv2)", "input_grad"],
         ["disc_2 8k->8k /2", "input_grad"],
@@ -146,7 +149,10 @@ Deno.test("bench --plan --mode conv at 160x192x160, k=32: every case and candida
   const rows = await cli({ mode: "conv", plan: true, iters: "1", warmup: "0" });
   assert.equal(rows.filter((r) => r.variant !== "channels-last").length, convCases([160, 192, 160], 32).length * 3);
   const level0 = rows.filter((r) => r.variant === "channels-last" && r.conv === "unet L0 k->k (d1.conv2, u1)");
-  assert.deepEqual(level0.map((r) => r.pass), ["forward", "input_grad"]);
+  assert.deepEqual(level0.map((r) => r.pass), ["forward", "input_grad", "weight_grad"]);
+  // The weight-gradient GEMM takes every shape at full size too (its partials bounded, x and dy bound whole).
+  const dw = rows.filter((r) => r.variant === "channels-last" && r.pass === "weight_grad").map((r) => r.conv);
+  assert.deepEqual(dw, convCases([160, 192, 160], 32).map((c) => c.name));
 });
 
 Deno.test("bench --plan refuses --profile", async () => {
@@ -187,7 +193,8 @@ Deno.test("bench --plan --conv-kernel channels-last: every peak stays within its
 
 Deno.test("bench --conv-kernel tuned prints one line per measured choice, then the result", async () => {
   await testGpu();
-  // At k=2 channels-last takes the bottom level only: c5.conv1's forward (16 -> 32) and c5.conv2's input gradient.
+  // At k=2 channels-last takes the bottom level only for the forward and input gradient (c5.conv1's forward, 16 -> 32,
+  // and c5.conv2's input gradient), and every weight gradient: 13 3x3x3 shapes and the 1x1x1 output convolution.
   const rows = await cli({
     mode: "pretrain",
     size: "32,32,32",
@@ -197,17 +204,20 @@ Deno.test("bench --conv-kernel tuned prints one line per measured choice, then t
     "conv-kernel": "tuned",
   });
   const tunes = rows.filter((r) => "tune" in r).map((r) => r.tune as Record<string, unknown>);
-  assert.deepEqual(tunes.map((t) => t.conv), [
+  const dw = tunes.filter((t) => String(t.conv).startsWith("weight_grad"));
+  assert.deepEqual(tunes.filter((t) => !dw.includes(t)).map((t) => t.conv), [
     "forward [1,16,2,2,2] -> 32, k3 s1 p1",
     "input_grad [1,32,2,2,2] -> 16, k3 s1 p1",
   ]);
+  assert.equal(new Set(dw.map((t) => t.conv)).size, 14);
+  assert.ok(dw.some((t) => t.conv === "weight_grad [1,2,32,32,32] -> 4, k1 s1 p0"));
   for (const t of tunes) {
     assert.ok((t.gather_ms as number) > 0 && (t.channels_last_ms as number) > 0);
     assert.equal(t.variant, (t.channels_last_ms as number) < (t.gather_ms as number) ? "channels-last" : "gather");
   }
-  assert.equal(rows.length, 3);
-  assert.equal(rows[2].conv_kernels, "tuned");
-  assert.ok((rows[2].ms_median as number) > 0);
+  assert.equal(rows.length, tunes.length + 1);
+  assert.equal(rows.at(-1)!.conv_kernels, "tuned");
+  assert.ok((rows.at(-1)!.ms_median as number) > 0);
 });
 
 Deno.test("bench refuses --conv-kernel where it cannot apply, and --conv outside conv mode or naming nothing", async () => {

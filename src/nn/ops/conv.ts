@@ -1,7 +1,7 @@
-// Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts). The forward and input
-// gradient run the kernel chosen for their shape (src/kernels/conv_select.ts).
+// Autodiff wrapper for 3D convolution (PyTorch Conv3d semantics; see src/kernels/conv3d.ts). The forward, input
+// gradient and weight gradient run the kernel chosen for their shape (src/kernels/conv_select.ts).
 import * as K from "../../kernels/conv3d.ts";
-import { convBackwardInput, convForward } from "../../kernels/conv_select.ts";
+import { convBackwardInput, convBackwardWeight, convForward } from "../../kernels/conv_select.ts";
 import type { Storage } from "../../kernels/device.ts";
 import { record, storageOf, Tensor } from "../tensor.ts";
 
@@ -32,7 +32,7 @@ export function conv3d(
     }
     if (needDw) {
       dw = Tensor.empty(g, w.shape);
-      K.conv3dBackwardWeight(g, s, x.buffer, dy.buffer, dw.buffer);
+      convBackwardWeight(g, s, x.buffer, dy.buffer, dw.buffer);
     }
     if (b && needDb) {
       db = Tensor.empty(g, b.shape);

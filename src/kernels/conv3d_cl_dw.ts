@@ -1,0 +1,161 @@
+// conv3d's weight gradient as an implicit GEMM, the channels-last family's (conv3d_cl.ts) third pass: the alternative to
+// the split-K gather kernel (conv3d.ts, conv3d_dw) that `--conv-kernel channels-last|tuned` runs (conv_select.ts) and
+// `bench --mode conv` times beside it (`variant: "channels-last"`). Its CPU reference is conv3d.ts's conv3dBackwardRef.
+//
+// dw[co][ci][tap] = sum over (n, output voxel o) of x[n][ci][o s - pad + tap] dy[n][co][o]: a GEMM whose rows are
+// (ci, tap) (R = Cin k^3, ci-major as in dw), whose columns are co, and whose reduction runs over the output voxels.
+// That reduction axis is the contiguous one of both NCDHW tensors, so unlike the forward it needs no transposes: the
+// kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked).
+//
+// Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup of 256 threads
+// takes 256 rows x the NB columns of one block (registerTile: 8 rows x NB / 8 columns per thread, named vec4s) over a
+// chunk of output rows (n, od, oh): each output row in steps of 16 voxels along OW (the last one masked), staged in
+// workgroup memory as As [16 voxels][256 rows] (thread t loads its row's 16 x values: its (ci, kd, kh, kw) is decoded
+// once, so a load costs an add and bounds checks) and Bs [16 voxels][NB] (dy). Split-K: the output rows go in chunks
+// (grid z) whose partials [chunks][Cout][R] conv3d_sum_parts sums into dw; with one chunk the kernel writes dw itself.
+// Nothing is saved; the scratch is the partials, at most DW_PARTS bytes.
+
+import { type Conv3dShape, sumParts } from "./conv3d.ts";
+import { BK, BM, registerTile } from "./conv3d_cl.ts";
+import type { Gpu, Kernel } from "./device.ts";
+
+/** Workgroups wanted in all (row tiles x column blocks x chunks): several waves on a large GPU. */
+const DW_WORKGROUPS = 1024;
+/** The fewest 16-voxel steps per chunk: fewer would leave a workgroup mostly storing partials. */
+const DW_MIN_STEPS = 32;
+/** The most partials held at once. */
+const DW_PARTS = 256 * 2 ** 20;
+
+/** How the weight gradient of one convolution runs. */
+export interface DwPlan {
+  nb: number; // columns (output channels) per block, a multiple of 32, at most 128
+  rowTiles: number; // 256-row tiles of R = Cin k^3
+  blocks: number; // column blocks
+  chunks: number; // chunks of output rows (split-K); 1: dw written directly
+  rowsPer: number; // output rows (n, od, oh) per chunk
+}
+
+/** The plan for this convolution's weight gradient, or null when the GEMM does not take it. */
+export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
+  const r = s.cin * s.k ** 3, rows = s.n * s.od * s.oh, steps = Math.ceil(s.ow / BK);
+  let nb = 128;
+  while (nb >= 32 && (BK * BM + BK * nb) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged x and dy
+  if (nb < 32) return null;
+  const blocks = Math.ceil(s.cout / nb);
+  nb = 32 * Math.ceil(s.cout / blocks / 32); // as few idle columns as the block count allows
+  const rowTiles = Math.ceil(r / BM), wBytes = s.cout * r * 4;
+  const tensors = [s.n * s.cin * s.d * s.h * s.w, s.n * s.cout * s.od * s.oh * s.ow].map((e) => e * 4);
+  if (![...tensors, wBytes].every((b) => b <= g.maxBinding)) return null; // each bound whole
+  if (rowTiles > g.maxWorkgroupsPerDim || blocks > g.maxWorkgroupsPerDim) return null;
+  const byWork = Math.floor(rows / Math.ceil(DW_MIN_STEPS / steps));
+  const byMemory = Math.floor(Math.min(DW_PARTS, g.maxBinding) / wBytes);
+  const wanted = Math.ceil(DW_WORKGROUPS / (rowTiles * blocks));
+  const rowsPer = Math.ceil(rows / Math.max(1, Math.min(wanted, byWork, byMemory, g.maxWorkgroupsPerDim)));
+  return { nb, rowTiles, blocks, chunks: Math.ceil(rows / rowsPer), rowsPer };
+}
+
+function dwKernel(s: Conv3dShape, nb: number): Kernel {
+  const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3, nv = nb / 32;
+  const { acc, inner } = registerTile(nb);
+  let loadA = "", loadB = "", stores = "";
+  for (let j = 0; j < BK; j++) {
+    loadA += `{ let ix = ix0 + ${j * stride}; var a = 0.0;
+      if (ok && ix >= 0 && ix < ${w}) { a = X[u32(xb + ix)]; } // past OW: dy's zeros mask it
+      As[${j * 64}u + t / 4u][t % 4u] = a; }\n`;
+  }
+  for (let q = 0; q < nb / 16; q++) {
+    loadB += `{ let c = t / 16u + ${16 * q}u; var b = 0.0;
+      if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + ox0 + j]; }
+      Bs[j * ${nb / 4}u + c / 4u][c % 4u] = b; }\n`;
+  }
+  for (let rr = 0; rr < 8; rr++) {
+    stores += `{ let row = wg.x * ${BM}u + rg * 8u + ${rr}u; if (row < ${r}u) {\n`;
+    for (let j = 0; j < nv; j++) {
+      for (let q = 0; q < 4; q++) {
+        stores += `  { let co = cb + (cg * ${nv}u + ${j}u) * 4u + ${q}u; ` +
+          `if (co < ${cout}u) { P[pb + co * ${r}u + row] = c${rr}_${j}.${"xyzw"[q]}; } }\n`;
+      }
+    }
+    stores += "} }\n";
+  }
+  return {
+    name: `conv3d_cl_dw_k${k}s${stride}p${pad}_${cin}x${cout}x${nb}_${d}x${h}x${w}`,
+    wgsl: `
+@group(0) @binding(0) var<storage, read> X: array<f32>; // x [N][Cin][D][H][W]
+@group(0) @binding(1) var<storage, read> DY: array<f32>; // dy [N][Cout][OD][OH][OW]
+@group(0) @binding(2) var<storage, read_write> P: array<f32>; // partials [chunks][Cout][R], or dw
+struct U { rows: u32, rowsPer: u32, p0: u32, p1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 voxels][256 rows]
+var<workgroup> Bs: array<vec4f, ${BK * nb / 4}>; // [16 voxels][NB]
+@compute @workgroup_size(${BM})
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
+  // This thread's row of As: (ci, kd, kh, kw).
+  let row = wg.x * ${BM}u + t;
+  let ci = row / ${k ** 3}u;
+  let kd = i32(row / ${k * k}u) % ${k};
+  let kh = i32(row / ${k}u) % ${k};
+  let kw = i32(row % ${k}u);
+  let cb = wg.y * ${nb}u;
+  let rg = t / 8u;
+  let cg = t % 8u;
+  let j = t % 16u; // this thread's voxel of Bs
+  ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
+  let q1 = min((wg.z + 1u) * u.rowsPer, u.rows);
+  for (var q = wg.z * u.rowsPer; q < q1; q++) { // output row (n, oz, oy)
+    let oy = q % ${oh}u;
+    let oz = (q / ${oh}u) % ${od}u;
+    let n = q / ${od * oh}u;
+    let iz = i32(oz) * ${stride} - ${pad} + kd;
+    let iy = i32(oy) * ${stride} - ${pad} + kh;
+    // ci >= Cin: a row past R, never stored, so it loads nothing.
+    let ok = ci < ${cin}u && iz >= 0 && iz < ${d} && iy >= 0 && iy < ${h};
+    let xb = ((i32(n * ${cin}u + ci) * ${d} + iz) * ${h} + iy) * ${w};
+    let yb = ((n * ${cout}u + cb) * ${od}u + oz) * ${oh * ow}u + oy * ${ow}u;
+    for (var ox0 = 0u; ox0 < ${ow}u; ox0 += ${BK}u) {
+      let ix0 = i32(ox0) * ${stride} - ${pad} + kw;
+      ${loadA}
+      let vok = ox0 + j < ${ow}u;
+      ${loadB}
+      workgroupBarrier();
+      ${inner}
+      workgroupBarrier();
+    }
+  }
+  let pb = wg.z * ${cout * r}u;
+  ${stores}
+}`,
+  };
+}
+
+/**
+ * dw (assigned) from x and dy through the GEMM (see the header); the convolution must be eligible (dwGemmPlan).
+ * Partials, where the plan splits the output rows, are freed before it returns.
+ */
+export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPUBuffer, dw: GPUBuffer) {
+  const p = dwGemmPlan(g, s);
+  if (!p) {
+    throw new Error(
+      `conv3d channels-last weight gradient: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, kernel ${s.k} ` +
+        `stride ${s.stride} is not eligible (x, dy and the weight must each fit one binding)`,
+    );
+  }
+  const m = s.cout * s.cin * s.k ** 3, rows = s.n * s.od * s.oh;
+  const parts = p.chunks > 1 ? g.alloc(p.chunks * m * 4) : null;
+  try {
+    const out = parts ?? dw;
+    g.dispatch(
+      dwKernel(s, p.nb),
+      [
+        { buffer: x, size: s.n * s.cin * s.d * s.h * s.w * 4 },
+        { buffer: dy, size: s.n * s.cout * s.od * s.oh * s.ow * 4 },
+        { buffer: out, size: p.chunks * m * 4 },
+      ],
+      new Uint32Array([rows, p.rowsPer, 0, 0]),
+      [p.rowTiles, p.blocks, p.chunks],
+    );
+    if (parts) sumParts(g, parts, dw, m, p.chunks);
+  } finally {
+    if (parts) g.free(parts);
+  }
+}

@@ -1,0 +1,68 @@
+// The channels-last weight-gradient GEMM against the float64 reference: odd sizes (output rows not a multiple of the
+// 16-voxel step), N = 2, channel counts not a multiple of 4 (masked row and column tails), 3x3x3, 4x4x4 stride 2 and
+// 1x1x1; one chunk (dw written directly) and split-K chunks summed; two row tiles and two column blocks; partials
+// bounded by a lowered binding; and which shapes it declines.
+import assert from "node:assert/strict";
+import * as K from "../../src/kernels/conv3d.ts";
+import { conv3dBackwardWeightChannelsLast, dwGemmPlan, type DwPlan } from "../../src/kernels/conv3d_cl_dw.ts";
+import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
+import { assertClose, rand, testGpu } from "../util.ts";
+
+/** Checks dw for x of shape xs, cout output channels, a k^3 kernel; returns the plan it ran. */
+async function check(xs: number[], cout: number, k: number, stride: 1 | 2, pad: number): Promise<DwPlan> {
+  const g = await testGpu();
+  return await scope(async () => {
+    const ws = [cout, xs[1], k, k, k], s = K.conv3dShape(xs, ws, null, stride, pad);
+    const plan = dwGemmPlan(g, s);
+    assert.ok(plan, `[${xs}] -> ${cout}, k${k}: eligible`);
+    const xv = rand(xs.reduce((a, b) => a * b), 61), wv = rand(ws.reduce((a, b) => a * b), 62);
+    const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 63);
+    const x = Tensor.from(g, xs, xv), dy = Tensor.from(g, [s.n, cout, s.od, s.oh, s.ow], dyv);
+    const dw = Tensor.from(g, ws, new Float32Array(wv.length).fill(Number.NaN)); // assigned: nothing of it is read
+    conv3dBackwardWeightChannelsLast(g, s, x.buffer, dy.buffer, dw.buffer);
+    const [got] = await readAll([dw]);
+    assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dw, 1e-5, `channels-last dw [${xs}] -> ${cout}, k${k}`);
+    return plan;
+  });
+}
+
+Deno.test("conv3d channels-last dw matches the reference: 3x3x3, odd sizes, N = 2, channels not a multiple of 4", async () => {
+  // 15 output rows of 7 voxels: fewer than 32 steps in all, so one chunk, written straight into dw.
+  assert.equal((await check([1, 4, 3, 5, 7], 32, 3, 1, 1)).chunks, 1);
+  // 84 rows of 9 voxels (one masked step each): split-K over several chunks; 33 output channels: columns masked.
+  const p = await check([2, 5, 7, 6, 9], 33, 3, 1, 1);
+  assert.ok(p.chunks > 1 && p.nb === 64 && p.blocks === 1, JSON.stringify(p));
+  // R = 16 x 27 = 432 rows: two row tiles; 160 output channels: two column blocks of 96.
+  const two = await check([2, 16, 5, 6, 20], 160, 3, 1, 1);
+  assert.deepEqual([two.rowTiles, two.blocks, two.nb], [2, 2, 96]);
+});
+
+Deno.test("conv3d channels-last dw: 4x4x4 stride 2 (pad 1) and 1x1x1", async () => {
+  await check([1, 3, 8, 7, 9], 8, 4, 2, 1); // odd sizes: the last output row and column read padding
+  await check([2, 7, 9, 10, 11], 36, 4, 2, 1);
+  await check([1, 7, 4, 5, 6], 6, 1, 1, 0);
+});
+
+Deno.test("conv3d channels-last dw: partials bounded by the binding (fewer chunks), and what it declines", async () => {
+  const g = await testGpu();
+  // dw of 32 x 32 x 27 floats = 108 KiB: 256 KiB of binding (still holding x and dy whole) holds the partials of 2
+  // chunks, not the 4 it would use (128 rows of one 16-voxel step, at least 32 per chunk).
+  const xs = [1, 32, 8, 16, 16], s = K.conv3dShape(xs, [32, 32, 3, 3, 3], null, 1, 1);
+  assert.equal(dwGemmPlan(g, s)?.chunks, 4);
+  g.setMaxBindingForTests(256 * 1024);
+  try {
+    assert.equal(dwGemmPlan(g, s)?.chunks, 2);
+    assert.equal((await check(xs, 32, 3, 1, 1)).chunks, 2);
+    // A weight over one binding: declined, with the reason in the error.
+    const big = K.conv3dShape([1, 64, 2, 2, 2], [64, 64, 3, 3, 3], null, 1, 1); // 432 KiB of weights
+    assert.equal(dwGemmPlan(g, big), null);
+    const b = g.alloc(4);
+    assert.throws(
+      () => conv3dBackwardWeightChannelsLast(g, big, b, b, b),
+      /weight gradient: \[1,64,2,2,2\] -> 64, kernel 3 stride 1 is not eligible/,
+    );
+    g.free(b);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+});
