@@ -84,15 +84,15 @@ export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean
  * The register tile both GEMMs (this file's and conv3d_cl_dw.ts's) share: a workgroup's 256 x NB outputs from
  * As [16][256] and Bs [16][NB] in workgroup memory (vec4s; 16 steps of the reduction), thread t (rg = t / 8,
  * cg = t % 8) accumulating rows 8 rg .. 8 rg + 7 x columns 4 (cg nv + j) .. + 3 (nv = NB / 32) in named vec4s
- * c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays).
+ * c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays). Bs's rows are `bRow` vec4s apart (NB / 4 unless padded).
  */
-export function registerTile(nb: number): { acc: string[]; inner: string } {
+export function registerTile(nb: number, bRow = nb / 4): { acc: string[]; inner: string } {
   const nv = nb / 32, acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
   for (let kk = 0; kk < BK; kk++) {
     inner += `{ let a0 = As[${kk * 64}u + rg * 2u]; let a1 = As[${kk * 64}u + rg * 2u + 1u];\n`;
-    for (let j = 0; j < nv; j++) inner += `  let b${j} = Bs[${kk * (nb / 4)}u + cg * ${nv}u + ${j}u];\n`;
+    for (let j = 0; j < nv; j++) inner += `  let b${j} = Bs[${kk * bRow}u + cg * ${nv}u + ${j}u];\n`;
     for (let r = 0; r < 8; r++) {
       for (let j = 0; j < nv; j++) {
         inner += `  c${r}_${j} = fma(vec4f(${r < 4 ? "a0" : "a1"}.${"xyzw"[r % 4]}), b${j}, c${r}_${j});\n`;

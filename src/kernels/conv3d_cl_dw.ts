@@ -11,9 +11,9 @@
 // takes 256 rows x the NB columns of one block (registerTile: 8 rows x NB / 8 columns per thread, named vec4s) over a
 // chunk of output rows (n, od, oh): each output row in steps of 16 voxels along OW (the last one masked), staged in
 // workgroup memory as As [16 voxels][256 rows] (thread t loads its row's 16 x values: its (ci, kd, kh, kw) is decoded
-// once, so a load costs an add and bounds checks) and Bs [16 voxels][NB] (dy). Split-K: the output rows go in chunks
-// (grid z) whose partials [chunks][Cout][R] conv3d_sum_parts sums into dw; with one chunk the kernel writes dw itself.
-// Nothing is saved; the scratch is the partials, at most DW_PARTS bytes.
+// once, so a load costs an add and bounds checks) and Bs [16 voxels][NB + 4] (dy; padded against bank conflicts).
+// Split-K: the output rows go in chunks (grid z) whose partials [chunks][Cout][R] conv3d_sum_parts sums into dw; with
+// one chunk the kernel writes dw itself. Nothing is saved; the scratch is the partials, at most DW_PARTS bytes.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
 import { BK, BM, registerTile } from "./conv3d_cl.ts";
@@ -39,7 +39,7 @@ export interface DwPlan {
 export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
   const r = s.cin * s.k ** 3, rows = s.n * s.od * s.oh, steps = Math.ceil(s.ow / BK);
   let nb = 128;
-  while (nb >= 32 && (BK * BM + BK * nb) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged x and dy
+  while (nb >= 32 && (BK * BM + BK * (nb + 4)) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged x and dy
   if (nb < 32) return null;
   const blocks = Math.ceil(s.cout / nb);
   nb = 32 * Math.ceil(s.cout / blocks / 32); // as few idle columns as the block count allows
@@ -56,7 +56,9 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
 
 function dwKernel(s: Conv3dShape, nb: number): Kernel {
   const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3, nv = nb / 32;
-  const { acc, inner } = registerTile(nb);
+  // Bs's rows padded by a vec4: the 16 voxels a B store writes at once would otherwise share one memory bank on GPUs.
+  const bRow = nb / 4 + 1;
+  const { acc, inner } = registerTile(nb, bRow);
   let loadA = "", loadB = "", stores = "";
   for (let j = 0; j < BK; j++) {
     loadA += `{ let ix = ix0 + ${j * stride}; var a = 0.0;
@@ -66,7 +68,7 @@ function dwKernel(s: Conv3dShape, nb: number): Kernel {
   for (let q = 0; q < nb / 16; q++) {
     loadB += `{ let c = t / 16u + ${16 * q}u; var b = 0.0;
       if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + ox0 + j]; }
-      Bs[j * ${nb / 4}u + c / 4u][c % 4u] = b; }\n`;
+      Bs[j * ${bRow}u + c / 4u][c % 4u] = b; }\n`;
   }
   for (let rr = 0; rr < 8; rr++) {
     stores += `{ let row = wg.x * ${BM}u + rg * 8u + ${rr}u; if (row < ${r}u) {\n`;
@@ -87,7 +89,7 @@ function dwKernel(s: Conv3dShape, nb: number): Kernel {
 struct U { rows: u32, rowsPer: u32, p0: u32, p1: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 voxels][256 rows]
-var<workgroup> Bs: array<vec4f, ${BK * nb / 4}>; // [16 voxels][NB]
+var<workgroup> Bs: array<vec4f, ${BK * bRow}>; // [16 voxels][NB + 4]
 @compute @workgroup_size(${BM})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   // This thread's row of As: (ci, kd, kh, kw).
