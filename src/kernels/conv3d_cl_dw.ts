@@ -1,6 +1,6 @@
-// conv3d's weight gradient as an implicit GEMM, the channels-last family's (conv3d_cl.ts) third pass: the alternative to
-// the split-K gather kernel (conv3d.ts, conv3d_dw) that `--conv-kernel channels-last|tuned` runs (conv_select.ts) and
-// `bench --mode conv` times beside it (`variant: "channels-last"`). Its CPU reference is conv3d.ts's conv3dBackwardRef.
+// conv3d's weight gradient as an implicit GEMM, the channels-last family's (conv3d_cl.ts) third pass: the alternative
+// to the split-K gather kernel (conv3d.ts, conv3d_dw) that `--conv-kernel channels-last|tuned` runs (conv_select.ts)
+// and `bench --mode conv` times beside it (`variant: "channels-last"`). Its CPU reference is conv3dBackwardRef.
 //
 // dw[co][ci][tap] = sum over (n, output voxel o) of x[n][ci][o s - pad + tap] dy[n][co][o]: a GEMM whose rows are
 // (ci, tap) (R = Cin k^3, ci-major as in dw), whose columns are co, and whose reduction runs over the output voxels.
