@@ -16,10 +16,10 @@
 // back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
 // output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the NB channels of one block; each thread 8
 // voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then channels in steps of 16 staged in
-// workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for a
-// space-to-depth source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one
-// binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved;
-// the weight gradient stays with the split-K kernel.
+// workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the bias. The volume goes through in depth
+// slabs: each slab's output slices and the source slices they read (for a space-to-depth source, made slab by slab
+// from x), so that the scratch copies stay within CL_SCRATCH (and one binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
+// The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import type { Conv3dShape } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";

@@ -1,9 +1,10 @@
 // Which kernel runs each pass of a convolution: the NCDHW gather kernels (conv3d.ts, every shape) or, where eligible,
-// the channels-last GEMMs (conv3d_cl.ts for the forward and input gradient, conv3d_cl_dw.ts for the weight gradient). Which is faster depends on the device and the shape (on
-// lavapipe channels-last ran 0.35x-1.9x the gather's speed by layer), so it is a per-device mode (`--conv-kernel`):
+// the channels-last GEMMs (conv3d_cl.ts for the forward and input gradient, conv3d_cl_dw.ts for the weight gradient).
+// Which is faster depends on the device and the shape (on llvmpipe channels-last ran 0.1x-2x the gather's speed by
+// layer and pass), so it is a per-device mode (`--conv-kernel`):
 // - "gather" (the default): the gather kernel everywhere;
 // - "channels-last": channels-last wherever eligible (to measure it, and to plan its memory);
-// - "tuned": measured, not guessed. Every eligible shape seen since the last tuneConvs call is timed there with both
+// - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there with both
 //   kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the gather.
 // f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of a depth
 // slab of its source and result (at most 256 MiB) and the reordered weights during a forward or input gradient, and its
