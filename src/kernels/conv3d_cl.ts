@@ -16,12 +16,15 @@
 // back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
 // output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the NB channels of one block; each thread 8
 // voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then channels in steps of 16 staged in
-// workgroup memory ([16][256 voxels] and [16][NB]). The transpose back adds the bias. The volume goes through in depth
-// slabs: each slab's output slices and the source slices they read (for a space-to-depth source, made slab by slab
-// from x), so that the scratch copies stay within CL_SCRATCH (and one binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
+// workgroup memory ([16][256 voxels] and [16][NB]). One dispatch takes every full block (grid z), and where that makes
+// fewer than CL_SPLIT workgroups (few voxels: the deep levels, the discriminator's last convolutions), the taps are
+// split over more, each split's partials summed (conv3d_sum_parts) before the transpose back, which adds the bias. The
+// volume goes through in depth slabs: each slab's output slices and the source slices they read (for a space-to-depth
+// source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one binding) whatever the
+// volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
 // The weight gradient's GEMM is conv3d_cl_dw.ts.
 
-import type { Conv3dShape } from "./conv3d.ts";
+import { type Conv3dShape, sumParts } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
 import { spaceToDepth2 } from "./space_to_depth.ts";
 
@@ -31,6 +34,11 @@ export const BM = 256, BK = 16;
  * level-0 32 -> 32 convolution, and every memory target holds with channels-last everywhere.
  */
 const CL_SCRATCH = 256 * 2 ** 20;
+/**
+ * Workgroups a GEMM dispatch should have at least, for a large GPU (an H100 has 132 SMs, each holding one to three of
+ * these workgroups); fewer, and the reduction is split over taps (channelsLastPlan). Tests lower it.
+ */
+export const CL_SPLIT = { workgroups: 512 };
 
 export type ClPass = "forward" | "input_grad";
 
@@ -39,18 +47,20 @@ export interface Plan {
   k: number; // GEMM channels in: the source's
   n: number; // GEMM channels out
   nb: number; // output channels per block (a multiple of 32, at most 128)
+  bpd: number; // blocks per dispatch (a narrower last block has one of its own)
   taps: number; // T per dimension
   pad: number;
   src: number[]; // [D, H, W] of the GEMM's source (x's space-to-depth for a stride-2 forward)
   out: number[]; // [D, H, W] of the result
   weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
   nz: number; // output slices per slab
+  tapsPer: number; // taps per split of the reduction (all T^3: no split)
 }
 
 /** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
 export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
-  let p: Omit<Plan, "nb" | "nz">;
+  let p: Omit<Plan, "nb" | "bpd" | "nz" | "tapsPer">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
     const [k, n] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
     p = { k, n, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
@@ -66,13 +76,24 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
   const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
   const fits = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3].every((e) => e * 4 <= g.maxBinding);
-  // Scratch per slab: the source's slices (twice for a space-to-depth source: made, then transposed) and the result's.
+  // Scratch per slab: the source's slices (twice for a space-to-depth source: made, then transposed) and the result's
+  // (of the blocks in one dispatch; with the reduction split, each split's partials and their sum).
   const [ihw, ohw, f] = [p.src[1] * p.src[2], p.out[1] * p.out[2], p.weights === 2 ? 2 : 1];
-  const budget = Math.min(CL_SCRATCH, g.maxBinding) / 4;
-  const nz = Math.min(p.out[0], Math.floor((budget - (p.taps - 1) * ihw * p.k * f) / (ihw * p.k * f + ohw * nb)));
+  const budget = Math.min(CL_SCRATCH, g.maxBinding) / 4, srcSlices = (z: number) => (z + p.taps - 1) * ihw * p.k * f;
+  const slices = (perSlice: number) =>
+    Math.min(p.out[0], Math.floor((budget - srcSlices(0)) / (ihw * p.k * f + perSlice)));
+  // A slab of few voxels (the deep levels, the discriminator's last convolutions) makes too few workgroups to fill a
+  // GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
+  // their partials fit beside the slab.
+  const groups = (z: number) => Math.ceil((z * ohw) / BM), t3 = p.taps ** 3;
+  const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / groups(slices(ohw * nb))));
+  const nz = slices(ohw * nb * bpd);
+  let splits = Math.min(t3, Math.ceil(CL_SPLIT.workgroups / (groups(nz) * bpd)));
+  while (splits > 1 && srcSlices(nz) + (splits + 1) * nz * ohw * nb * bpd > budget) splits--;
+  const tapsPer = Math.ceil(t3 / splits);
   // The space-to-depth and depth-to-space kernels cover a slice's H x W along one grid dimension.
   const grid = ihw <= 256 * g.maxWorkgroupsPerDim && ohw <= 256 * g.maxWorkgroupsPerDim;
-  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, nz } : null;
+  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, bpd, nz, tapsPer } : null;
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
@@ -104,8 +125,9 @@ export function registerTile(nb: number, bRow = nb / 4): { acc: string[]; inner:
 }
 
 /**
- * The GEMM for one block of NB output channels of a plan: a slab of u.nz output slices (of OH x OW) starting at
- * slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read at voxel o + tap - pad.
+ * The GEMM for u.count blocks of NB output channels of a plan (grid z: block, then split of the taps): a slab of u.nz
+ * output slices (of OH x OW) starting at slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read
+ * at voxel o + tap - pad. Each split's result goes to its own [count][V][NB] part.
  */
 function gemmKernel(p: Plan, nb: number): Kernel {
   const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
@@ -114,7 +136,7 @@ function gemmKernel(p: Plan, nb: number): Kernel {
   let stores = "";
   for (let r = 0; r < 8; r++) {
     stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
-    for (let j = 0; j < nv; j++) stores += ` Y[o * ${nb / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
+    for (let j = 0; j < nv; j++) stores += ` Y[yb + o * ${nb / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
     stores += " } }\n";
   }
   // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
@@ -135,9 +157,9 @@ function gemmKernel(p: Plan, nb: number): Kernel {
     name: `conv3d_cl_gemm_t${t}p${pad}_${k}x${nb}_${ih}x${iw}_${oh}x${ow}`,
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][K]
-@group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [T^3][K][NB], this block's
-@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [V][NB]
-struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [count][T^3][K][NB]
+@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [splits][count][V][NB]
+struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, tapsPer: u32, splits: u32, count: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
 var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][NB]
@@ -148,14 +170,18 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let rg = t / 8u;
   let cg = t % 8u;
   ${rows}
+  let blk = wg.z / u.splits;
+  let split = wg.z % u.splits;
+  let wb = blk * ${t ** 3 * k * nb / 4}u;
+  let yb = (split * u.count + blk) * nvox * ${nb / 4}u;
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
-  for (var tap = 0u; tap < ${t ** 3}u; tap++) {
+  for (var tap = split * u.tapsPer; tap < min((split + 1u) * u.tapsPer, ${t ** 3}u); tap++) {
     let dz = i32(tap / ${t * t}u) - ${pad};
     let dy = i32((tap / ${t}u) % ${t}u) - ${pad};
     let dx = i32(tap % ${t}u) - ${pad};
     for (var ci0 = 0u; ci0 < ${k}u; ci0 += ${BK}u) {
       ${loads}
-      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
+      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[wb + ((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
       workgroupBarrier();
       ${inner}
       workgroupBarrier();
@@ -239,7 +265,8 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 };
 
 /**
- * The stride-2 input gradient's result, dxs [V][NB] for the space-to-depth slices z0.. of a block of NB channels
+ * The stride-2 input gradient's result, dxs [V][NB] (from element src) for the space-to-depth slices z0.. of a block of
+ * NB channels
  * (8 per channel of x, from channel c0), scattered back to dx [C][D][H][W]: x voxel (z, y, x) of channel c is parity
  * (z + 1) % 2 ... of space-to-depth voxel ((z + 1) / 2, ...) (pad 1). Threads: one per x voxel of slices zx0 + y of
  * the grid, channel c0 + grid z.
@@ -249,7 +276,8 @@ const DEPTH_TO_SPACE: Kernel = {
   wgsl: `
 @group(0) @binding(0) var<storage, read> S: array<f32>;
 @group(0) @binding(1) var<storage, read_write> T: array<f32>;
-struct U { H: u32, W: u32, MH: u32, MW: u32, z0: u32, zx0: u32, nb: u32, dst: u32, plane: u32, p0: u32, p1: u32, p2: u32 }
+struct U { H: u32, W: u32, MH: u32, MW: u32, z0: u32, zx0: u32, nb: u32, dst: u32, plane: u32, src: u32, p1: u32,
+  p2: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3u) {
@@ -259,7 +287,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let z = u.zx0 + id.y;
   let q = ((z + 1u) % 2u) * 4u + ((y + 1u) % 2u) * 2u + (x + 1u) % 2u;
   let m = (((z + 1u) / 2u - u.z0) * u.MH + (y + 1u) / 2u) * u.MW + (x + 1u) / 2u;
-  T[u.dst + id.z * u.plane + z * u.H * u.W + id.x] = S[m * u.nb + id.z * 8u + q];
+  T[u.dst + id.z * u.plane + z * u.H * u.W + id.x] = S[u.src + m * u.nb + id.z * 8u + q];
 }`,
 };
 
@@ -301,14 +329,23 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
     );
   }
   const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
-  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1);
-  const blocks: [n0: number, nb: number][] = [];
-  for (let n0 = 0; n0 < p.n; n0 += p.nb) blocks.push([n0, Math.min(p.nb, p.n - n0)]);
-  const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(p.nz * ohw * p.nb * 4);
+  const t3 = p.taps ** 3,
+    m = t3 * p.k * p.n,
+    held = Math.min(sd, p.nz + p.taps - 1),
+    splits = Math.ceil(t3 / p.tapsPer);
+  // Dispatches of bpd blocks of NB channels, and one for a narrower last block.
+  const groups: { n0: number; nb: number; count: number }[] = [];
+  for (let n0 = 0; n0 + p.nb <= p.n; n0 += p.bpd * p.nb) {
+    groups.push({ n0, nb: p.nb, count: Math.min(p.bpd, Math.floor((p.n - n0) / p.nb)) });
+  }
+  if (p.n % p.nb) groups.push({ n0: p.n - (p.n % p.nb), nb: p.n % p.nb, count: 1 });
+  const result = p.nz * ohw * p.nb * p.bpd; // one split's result, [count][V][NB], at most
+  const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(splits * result * 4);
   const xs = p.weights === 2 ? g.alloc(held * ihw * p.k * 4) : null;
+  const sum = splits > 1 ? g.alloc(result * 4) : null;
   try {
-    for (const [n0, nb] of blocks) {
-      const rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
+    for (let n0 = 0; n0 < p.n; n0 += p.nb) {
+      const nb = Math.min(p.nb, p.n - n0), rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
       const u = new Uint32Array([p.k, p.n, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, 0]);
       g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
     }
@@ -317,37 +354,40 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
       for (let z0 = 0; z0 < od; z0 += p.nz) {
         // Output slices [z0, z1) read source slices [zlo, zhi).
         const z1 = Math.min(od, z0 + p.nz), zlo = Math.max(0, z0 - p.pad), zhi = Math.min(sd, z1 - p.pad + p.taps - 1);
-        const cols = (zhi - zlo) * ihw;
+        const cols = (zhi - zlo) * ihw, nvox = (z1 - z0) * ohw;
         if (xs) { // the space-to-depth of x's slices for this slab, then transposed
           spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
           transpose(g, [xs, 0, cols], [st, 0, p.k], p.k, cols, null);
         } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.k, cols, null);
-        const groups = Math.ceil(((z1 - z0) * ohw) / BM), gx = Math.min(groups, g.maxWorkgroupsPerDim);
-        const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, 0, 0, 0]);
-        for (const [n0, nb] of blocks) {
-          const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: nb * t3 * p.k * 4 };
-          const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, {
-            buffer: ot,
-            size: (z1 - z0) * ohw * nb * 4,
-          }];
-          g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(groups / gx), 1]);
-          if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels n0 / 8 ..
-            const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
-            const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + n0 / 8) * plane, plane, 0, 0, 0]);
-            const binds = [{ buffer: ot, size: (z1 - z0) * ohw * nb * 4 }, {
-              buffer: out,
-              size: s.n * s.cin * plane * 4,
-            }];
-            g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
-          } else {
-            const dst = ((i * p.n + n0) * od + z0) * ohw;
-            transpose(g, [ot, 0, nb], [out, dst, outV], (z1 - z0) * ohw, nb, b, n0); // [V][NB] -> [NB][V], + bias
+        const vgroups = Math.ceil(nvox / BM), gx = Math.min(vgroups, g.maxWorkgroupsPerDim);
+        for (const { n0, nb, count } of groups) {
+          const size = count * nvox * nb; // one split's result: [count][V][NB]
+          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, p.tapsPer, splits, count]);
+          const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
+          const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: splits * size * 4 }];
+          g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(vgroups / gx), count * splits]);
+          if (sum) sumParts(g, ot, sum, size, splits);
+          const res = sum ?? ot;
+          for (let c = 0; c < count; c++) {
+            const [c0, r0] = [n0 + c * nb, c * nvox * nb]; // the block's first channel and its result's offset
+            if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels c0 / 8 ..
+              const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
+              const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + c0 / 8) * plane, plane, r0, 0, 0]);
+              const binds = [{ buffer: res, size: (r0 + nvox * nb) * 4 }, {
+                buffer: out,
+                size: s.n * s.cin * plane * 4,
+              }];
+              g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
+            } else {
+              const dst = ((i * p.n + c0) * od + z0) * ohw;
+              transpose(g, [res, r0, nb], [out, dst, outV], nvox, nb, b, c0); // [V][NB] -> [NB][V], + bias
+            }
           }
         }
       }
     }
   } finally {
-    for (const t of [wt, st, ot, xs]) if (t) g.free(t);
+    for (const t of [wt, st, ot, xs, sum]) if (t) g.free(t);
   }
 }
 

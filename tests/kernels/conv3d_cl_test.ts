@@ -1,31 +1,51 @@
 // The channels-last conv3d against the float64 reference, forward and input gradient: odd sizes (V not a multiple of
-// the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64, 16 -> 128 and 16 -> 160 channels (two output blocks; the
-// input gradient with them swapped), the 4x4x4 stride-2 forward over the space-to-depth, depth slabs; and its
-// eligibility rule.
+// the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64, 16 -> 128, 16 -> 160 (two output blocks of 128 and 32)
+// and 16 -> 256 channels (two blocks of 128 in one dispatch; the input gradient with them swapped), the 4x4x4 stride-2
+// forward over the space-to-depth, depth slabs; each with the taps split (these volumes make few workgroups) and
+// without; and its eligibility rule.
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import {
   channelsLastPlan,
   channelsLastTakes,
+  CL_SPLIT,
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
 } from "../../src/kernels/conv3d_cl.ts";
 import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
-async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 1) {
+/**
+ * Runs f with each target of workgroups per dispatch (CL_SPLIT): by default the plan's own (these few voxels: several
+ * blocks per dispatch, up to one tap per split), then 1 (a block per dispatch, no split).
+ */
+async function withTargets(f: () => Promise<void>, targets = [CL_SPLIT.workgroups, 1]) {
+  const workgroups = CL_SPLIT.workgroups;
+  try {
+    for (const t of targets) {
+      CL_SPLIT.workgroups = t;
+      await f();
+    }
+  } finally {
+    CL_SPLIT.workgroups = workgroups;
+  }
+}
+
+async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 1, targets?: number[]) {
   const g = await testGpu();
-  await scope(async () => {
-    const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
-    const s = K.conv3dShape(xs, ws, bias ? [cout] : null, stride, 1);
-    assert.ok(channelsLastTakes(g, s, "forward"));
-    const xv = rand(xs.reduce((a, b) => a * b), 51), wv = rand(ws.reduce((a, b) => a * b), 52), bv = rand(cout, 53);
-    const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), b = Tensor.from(g, [cout], bv);
-    const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
-    conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, bias ? b.buffer : null, y.buffer);
-    const [got] = await readAll([y]);
-    assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `channels-last [${xs}] -> ${cout} /${stride}`);
-  });
+  await withTargets(() =>
+    scope(async () => {
+      const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
+      const s = K.conv3dShape(xs, ws, bias ? [cout] : null, stride, 1);
+      assert.ok(channelsLastTakes(g, s, "forward"));
+      const xv = rand(xs.reduce((a, b) => a * b), 51), wv = rand(ws.reduce((a, b) => a * b), 52), bv = rand(cout, 53);
+      const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), b = Tensor.from(g, [cout], bv);
+      const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
+      conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, bias ? b.buffer : null, y.buffer);
+      const [got] = await readAll([y]);
+      const p = channelsLastPlan(g, s, "forward")!, plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
+      assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `[${xs}] -> ${cout} /${stride}, ${plan}`);
+    }), targets);
 }
 
 Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and without bias", async () => {
@@ -33,6 +53,48 @@ Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and 
   await check([1, 32, 7, 5, 9], 64, false);
   await check([1, 16, 3, 4, 5], 128, true);
   await check([1, 16, 3, 4, 5], 160, true); // output blocks of 128 and 32 channels
+  await check([2, 16, 3, 4, 5], 256, true); // two blocks of 128 in one dispatch
+});
+
+Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and split the taps, within budget", async () => {
+  const g = await testGpu();
+  const plan = (xs: number[], cout: number, stride: 1 | 2, pass: "forward" | "input_grad" = "forward") => {
+    const k = stride === 2 ? 4 : 3,
+      p = channelsLastPlan(g, K.conv3dShape(xs, [cout, xs[1], k, k, k], null, stride, 1), pass)!;
+    return [p.bpd, p.tapsPer];
+  };
+  // 512 workgroups wanted per dispatch.
+  assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 1]); // 1 voxel group: both blocks, one tap per split (27)
+  assert.deepEqual(plan([1, 2, 7, 6, 9], 32, 2), [1, 1]); // stride 2: 8 taps, one each
+  assert.deepEqual(plan([1, 16, 32, 32, 32], 32, 1), [1, 7]); // 128 groups: 4 splits of 7 taps (the last 6)
+  assert.deepEqual(plan([1, 16, 64, 64, 64], 32, 1), [1, 27]); // 1024 groups: no split
+  await check([1, 16, 32, 32, 32], 32, false, 1, [512]);
+  // 2 wanted: 384 channels in blocks of 2 and then 1, no split (1 voxel group x 2 blocks).
+  CL_SPLIT.workgroups = 2;
+  try {
+    assert.deepEqual(plan([1, 16, 3, 4, 5], 384, 1), [2, 27]);
+    // 3 weight reorders, the transpose in, 2 GEMMs, 3 transposes out.
+    const s = K.conv3dShape([1, 16, 3, 4, 5], [384, 16, 3, 3, 3], null, 1, 1);
+    const [xw, y] = [g.alloc(384 * 16 * 27 * 4), g.alloc(384 * 60 * 4)], d0 = g.dispatches;
+    conv3dForwardChannelsLast(g, s, xw, xw, null, y); // one buffer as x and w: only the dispatches count here
+    assert.equal(g.dispatches - d0, 9);
+    g.free(xw);
+    g.free(y);
+  } finally {
+    CL_SPLIT.workgroups = 512;
+  }
+  await check([1, 16, 3, 4, 5], 384, true, 1, [2]);
+  await checkDx([1, 48, 3, 4, 5], 16, 2, [2]); // 384 GEMM outputs (8 x 48) of the stride-2 input gradient
+  // Each split's partials and their sum must fit beside the source. With 56 KiB of binding (the 54 KiB weight still
+  // fits one), 3x4x5 voxels, 16 -> 32 channels: 6.25 KiB of source slices and 7.5 KiB per split leave room for 5
+  // splits and their sum, so 6 taps each (the last 3).
+  g.setMaxBindingForTests(56 * 1024);
+  try {
+    assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 6]);
+    await check([1, 16, 3, 4, 5], 32, true);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
 });
 
 Deno.test("conv3d channels-last 4x4x4 stride-2 forward: a 2x2x2 GEMM over x's space-to-depth", async () => {
@@ -45,22 +107,26 @@ Deno.test("conv3d channels-last 4x4x4 stride-2 input gradient: the transposed 2x
   await checkDx([1, 4, 7, 6, 9], 16, 2); // odd sizes: dx's last slice, row and column come from parity 0 only
   await checkDx([2, 4, 8, 5, 7], 32, 2);
   await checkDx([1, 20, 5, 4, 6], 16, 2); // 160 GEMM outputs (8 x 20): blocks of 16 and 4 channels of x
+  await checkDx([1, 32, 6, 5, 7], 16, 2); // 256 GEMM outputs: two blocks of 16 channels of x in one dispatch
 });
 
-async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1) {
+async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1, targets?: number[]) {
   const g = await testGpu();
-  await scope(async () => {
-    const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
-    const s = K.conv3dShape(xs, ws, null, stride, 1);
-    assert.ok(channelsLastTakes(g, s, "input_grad"));
-    const xv = rand(xs.reduce((a, b) => a * b), 61), wv = rand(ws.reduce((a, b) => a * b), 62);
-    const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 63);
-    const dy = Tensor.from(g, [s.n, cout, s.od, s.oh, s.ow], dyv), w = Tensor.from(g, ws, wv);
-    const dx = Tensor.empty(g, xs);
-    conv3dBackwardInputChannelsLast(g, s, dy.buffer, w.buffer, dx.buffer);
-    const [got] = await readAll([dx]);
-    assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `channels-last dx [${xs}] -> ${cout} /${stride}`);
-  });
+  await withTargets(() =>
+    scope(async () => {
+      const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
+      const s = K.conv3dShape(xs, ws, null, stride, 1);
+      assert.ok(channelsLastTakes(g, s, "input_grad"));
+      const xv = rand(xs.reduce((a, b) => a * b), 61), wv = rand(ws.reduce((a, b) => a * b), 62);
+      const dyv = rand(s.n * cout * s.od * s.oh * s.ow, 63);
+      const dy = Tensor.from(g, [s.n, cout, s.od, s.oh, s.ow], dyv), w = Tensor.from(g, ws, wv);
+      const dx = Tensor.empty(g, xs);
+      conv3dBackwardInputChannelsLast(g, s, dy.buffer, w.buffer, dx.buffer);
+      const [got] = await readAll([dx]);
+      const p = channelsLastPlan(g, s, "input_grad")!;
+      const plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
+      assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `dx [${xs}] -> ${cout} /${stride}, ${plan}`);
+    }), targets);
 }
 
 Deno.test("conv3d channels-last input gradient matches the reference (Cin and Cout swapped in the GEMM)", async () => {
@@ -68,6 +134,7 @@ Deno.test("conv3d channels-last input gradient matches the reference (Cin and Co
   await checkDx([1, 64, 7, 5, 9], 32);
   await checkDx([1, 128, 3, 4, 5], 16);
   await checkDx([1, 160, 3, 4, 5], 16); // 160 GEMM outputs: two blocks
+  await checkDx([2, 256, 3, 4, 5], 16); // 256 GEMM outputs: two blocks in one dispatch
   const g = await testGpu();
   const s = K.conv3dShape([1, 16, 8, 8, 8], [32, 16, 3, 3, 3], null, 1, 1); // dx: 32 in, 16 out: not eligible
   const b = g.alloc(4);
