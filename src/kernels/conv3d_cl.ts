@@ -35,10 +35,12 @@ export const BM = 256, BK = 16;
  */
 const CL_SCRATCH = 256 * 2 ** 20;
 /**
- * Workgroups a GEMM dispatch should have at least, for a large GPU (an H100 has 132 SMs, each holding one to three of
- * these workgroups); fewer, and the reduction is split over taps (channelsLastPlan). Tests lower it.
+ * `workgroups`: how many a GEMM dispatch should have at least, for a large GPU (an H100 has 132 SMs, each holding one
+ * to three of these workgroups); fewer, and one dispatch takes several blocks, and the reduction is split over taps
+ * (channelsLastPlan). `minK`: the shortest reduction (taps x channels) a split may have: each split writes a partial
+ * of its whole tile, which would cost more than its arithmetic. Tests change them.
  */
-export const CL_SPLIT = { workgroups: 512 };
+export const CL_SPLIT = { workgroups: 512, minK: 256 };
 
 export type ClPass = "forward" | "input_grad";
 
@@ -88,7 +90,8 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   const groups = (z: number) => Math.ceil((z * ohw) / BM), t3 = p.taps ** 3;
   const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / groups(slices(ohw * nb))));
   const nz = slices(ohw * nb * bpd);
-  let splits = Math.min(t3, Math.ceil(CL_SPLIT.workgroups / (groups(nz) * bpd)));
+  const most = Math.ceil(t3 / Math.ceil(CL_SPLIT.minK / p.k)); // splits of at least minK
+  let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (groups(nz) * bpd)));
   while (splits > 1 && srcSlices(nz) + (splits + 1) * nz * ohw * nb * bpd > budget) splits--;
   const tapsPer = Math.ceil(t3 / splits);
   // The space-to-depth and depth-to-space kernels cover a slice's H x W along one grid dimension.

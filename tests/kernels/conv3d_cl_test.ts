@@ -16,24 +16,28 @@ import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
 /**
- * Runs f with each target of workgroups per dispatch (CL_SPLIT): by default the plan's own (these few voxels: several
- * blocks per dispatch, up to one tap per split), then 1 (a block per dispatch, no split).
+ * Runs f with each of these CL_SPLIT settings: by default 512 workgroups wanted per dispatch and splits as short as 16
+ * channels x 1 tap (these volumes make one or a few voxel groups, so several blocks per dispatch and up to one tap
+ * per split), then 1 wanted (a block per dispatch, no split).
  */
-async function withTargets(f: () => Promise<void>, targets = [CL_SPLIT.workgroups, 1]) {
-  const workgroups = CL_SPLIT.workgroups;
+async function withSplit(
+  f: () => Promise<void>,
+  settings = [{ workgroups: 512, minK: 16 }, { workgroups: 1, minK: 16 }],
+) {
+  const saved = { ...CL_SPLIT };
   try {
-    for (const t of targets) {
-      CL_SPLIT.workgroups = t;
+    for (const t of settings) {
+      Object.assign(CL_SPLIT, t);
       await f();
     }
   } finally {
-    CL_SPLIT.workgroups = workgroups;
+    Object.assign(CL_SPLIT, saved);
   }
 }
 
-async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 1, targets?: number[]) {
+async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 1, settings?: typeof CL_SPLIT[]) {
   const g = await testGpu();
-  await withTargets(() =>
+  await withSplit(() =>
     scope(async () => {
       const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
       const s = K.conv3dShape(xs, ws, bias ? [cout] : null, stride, 1);
@@ -45,7 +49,7 @@ async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 
       const [got] = await readAll([y]);
       const p = channelsLastPlan(g, s, "forward")!, plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
       assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `[${xs}] -> ${cout} /${stride}, ${plan}`);
-    }), targets);
+    }), settings);
 }
 
 Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and without bias", async () => {
@@ -59,19 +63,25 @@ Deno.test("conv3d channels-last matches the reference: odd sizes, N=2, with and 
 Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and split the taps, within budget", async () => {
   const g = await testGpu();
   const plan = (xs: number[], cout: number, stride: 1 | 2, pass: "forward" | "input_grad" = "forward") => {
-    const k = stride === 2 ? 4 : 3,
-      p = channelsLastPlan(g, K.conv3dShape(xs, [cout, xs[1], k, k, k], null, stride, 1), pass)!;
+    const k = stride === 2 ? 4 : 3;
+    const p = channelsLastPlan(g, K.conv3dShape(xs, [cout, xs[1], k, k, k], null, stride, 1), pass)!;
     return [p.bpd, p.tapsPer];
   };
-  // 512 workgroups wanted per dispatch.
-  assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 1]); // 1 voxel group: both blocks, one tap per split (27)
-  assert.deepEqual(plan([1, 2, 7, 6, 9], 32, 2), [1, 1]); // stride 2: 8 taps, one each
-  assert.deepEqual(plan([1, 16, 32, 32, 32], 32, 1), [1, 7]); // 128 groups: 4 splits of 7 taps (the last 6)
-  assert.deepEqual(plan([1, 16, 64, 64, 64], 32, 1), [1, 27]); // 1024 groups: no split
-  await check([1, 16, 32, 32, 32], 32, false, 1, [512]);
+  // As shipped: 512 workgroups wanted per dispatch, splits of at least 256 channels x taps.
+  assert.deepEqual(plan([1, 256, 3, 4, 5], 256, 1), [2, 1]); // 1 voxel group: both blocks, one tap per split (27)
+  assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 14]); // 16 channels: 16 taps per split at least, so 2
+  assert.deepEqual(plan([1, 32, 5, 4, 6], 32, 2), [1, 1]); // stride 2, 8 x 32 channels: 8 splits of one tap
+  assert.deepEqual(plan([1, 256, 32, 32, 32], 32, 1), [1, 7]); // 128 groups: 4 splits of 7 taps (the last 6)
+  assert.deepEqual(plan([1, 32, 64, 64, 64], 32, 1), [1, 27]); // 1024 groups: no split
+  await check([1, 32, 5, 4, 6], 32, true, 2, [{ ...CL_SPLIT }]);
+  await check([1, 256, 3, 4, 5], 256, true, 1, [{ ...CL_SPLIT }]);
+  // 16 voxel groups, splits of at least 8 taps x 64 channels: 4 splits of 7 taps (the last 6).
+  const long = { workgroups: 512, minK: 512 };
+  await withSplit(async () => assert.deepEqual(plan([1, 64, 16, 16, 16], 32, 1), [1, 7]), [long]);
+  await check([1, 64, 16, 16, 16], 32, false, 1, [long]);
   // 2 wanted: 384 channels in blocks of 2 and then 1, no split (1 voxel group x 2 blocks).
-  CL_SPLIT.workgroups = 2;
-  try {
+  const two = { workgroups: 2, minK: 16 };
+  await withSplit(async () => {
     assert.deepEqual(plan([1, 16, 3, 4, 5], 384, 1), [2, 27]);
     // 3 weight reorders, the transpose in, 2 GEMMs, 3 transposes out.
     const s = K.conv3dShape([1, 16, 3, 4, 5], [384, 16, 3, 3, 3], null, 1, 1);
@@ -80,17 +90,18 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
     assert.equal(g.dispatches - d0, 9);
     g.free(xw);
     g.free(y);
-  } finally {
-    CL_SPLIT.workgroups = 512;
-  }
-  await check([1, 16, 3, 4, 5], 384, true, 1, [2]);
-  await checkDx([1, 48, 3, 4, 5], 16, 2, [2]); // 384 GEMM outputs (8 x 48) of the stride-2 input gradient
+  }, [two]);
+  await check([1, 16, 3, 4, 5], 384, true, 1, [two]);
+  await checkDx([1, 48, 3, 4, 5], 16, 2, [two]); // 384 GEMM outputs (8 x 48) of the stride-2 input gradient
   // Each split's partials and their sum must fit beside the source. With 56 KiB of binding (the 54 KiB weight still
-  // fits one), 3x4x5 voxels, 16 -> 32 channels: 6.25 KiB of source slices and 7.5 KiB per split leave room for 5
-  // splits and their sum, so 6 taps each (the last 3).
+  // fits one), 3x4x5 voxels, 16 -> 32 channels, splits down to one tap: 6.25 KiB of source slices and 7.5 KiB per
+  // split leave room for 5 splits and their sum, so 6 taps each (the last 3).
   g.setMaxBindingForTests(56 * 1024);
   try {
-    assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 6]);
+    await withSplit(async () => assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 6]), [{
+      workgroups: 512,
+      minK: 16,
+    }]);
     await check([1, 16, 3, 4, 5], 32, true);
   } finally {
     g.setMaxBindingForTests(null);
@@ -110,9 +121,9 @@ Deno.test("conv3d channels-last 4x4x4 stride-2 input gradient: the transposed 2x
   await checkDx([1, 32, 6, 5, 7], 16, 2); // 256 GEMM outputs: two blocks of 16 channels of x in one dispatch
 });
 
-async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1, targets?: number[]) {
+async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1, settings?: typeof CL_SPLIT[]) {
   const g = await testGpu();
-  await withTargets(() =>
+  await withSplit(() =>
     scope(async () => {
       const k = stride === 2 ? 4 : 3, ws = [cout, xs[1], k, k, k];
       const s = K.conv3dShape(xs, ws, null, stride, 1);
@@ -126,7 +137,7 @@ async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1, targets?: 
       const p = channelsLastPlan(g, s, "input_grad")!;
       const plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
       assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `dx [${xs}] -> ${cout} /${stride}, ${plan}`);
-    }), targets);
+    }), settings);
 }
 
 Deno.test("conv3d channels-last input gradient matches the reference (Cin and Cout swapped in the GEMM)", async () => {
