@@ -5,7 +5,8 @@
 // dw[co][ci][tap] = sum over (n, output voxel o) of x[n][ci][o s - pad + tap] dy[n][co][o]: a GEMM whose rows are
 // (ci, tap) (R = Cin k^3, ci-major as in dw), whose columns are co, and whose reduction runs over the output voxels.
 // That reduction axis is the contiguous one of both NCDHW tensors, so unlike the forward it needs no transposes: the
-// kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked).
+// kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked) that
+// keep a quarter of the tile busy.
 //
 // Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup of 256 threads
 // takes 256 rows x the NB columns of one block (registerTile: 8 rows x NB / 8 columns per thread, named vec4s) over a
@@ -25,6 +26,11 @@ const DW_WORKGROUPS = 1024;
 const DW_MIN_STEPS = 32;
 /** The most partials held at once. */
 const DW_PARTS = 256 * 2 ** 20;
+/**
+ * The least share of a workgroup's 256 x NB tile that must hold real outputs: below it (a 1x1x1 convolution to 4
+ * classes uses 32 x 4 of 256 x 32, 1.6%) the gather kernel is the one to run.
+ */
+const DW_MIN_USE = 0.25;
 
 /** How the weight gradient of one convolution runs. */
 export interface DwPlan {
@@ -44,6 +50,7 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
   const blocks = Math.ceil(s.cout / nb);
   nb = 32 * Math.ceil(s.cout / blocks / 32); // as few idle columns as the block count allows
   const rowTiles = Math.ceil(r / BM), wBytes = s.cout * r * 4;
+  if ((r / (rowTiles * BM)) * (s.cout / (blocks * nb)) < DW_MIN_USE) return null;
   const tensors = [s.n * s.cin * s.d * s.h * s.w, s.n * s.cout * s.od * s.oh * s.ow].map((e) => e * 4);
   if (![...tensors, wBytes].every((b) => b <= g.maxBinding)) return null; // each bound whole
   if (rowTiles > g.maxWorkgroupsPerDim || blocks > g.maxWorkgroupsPerDim) return null;
@@ -139,7 +146,8 @@ export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUB
   if (!p) {
     throw new Error(
       `conv3d channels-last weight gradient: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, kernel ${s.k} ` +
-        `stride ${s.stride} is not eligible (x, dy and the weight must each fit one binding)`,
+        `stride ${s.stride} is not eligible (x, dy and the weight must each fit one binding, and Cin k^3 x Cout fill a ` +
+        `quarter of a 256 x 32-128 tile)`,
     );
   }
   const m = s.cout * s.cin * s.k ** 3, rows = s.n * s.od * s.oh;

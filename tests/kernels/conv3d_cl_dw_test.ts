@@ -1,7 +1,7 @@
 // The channels-last weight-gradient GEMM against the float64 reference: odd sizes (output rows not a multiple of the
 // 16-voxel step), N = 2, channel counts not a multiple of 4 (masked row and column tails), 3x3x3, 4x4x4 stride 2 and
 // 1x1x1; one chunk (dw written directly) and split-K chunks summed; two row tiles and two column blocks; partials
-// bounded by a lowered binding; and which shapes it declines.
+// bounded by a lowered binding; and which shapes it declines (too big for a binding, or a mostly idle tile).
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import { conv3dBackwardWeightChannelsLast, dwGemmPlan, type DwPlan } from "../../src/kernels/conv3d_cl_dw.ts";
@@ -38,9 +38,9 @@ Deno.test("conv3d channels-last dw matches the reference: 3x3x3, odd sizes, N = 
 });
 
 Deno.test("conv3d channels-last dw: 4x4x4 stride 2 (pad 1) and 1x1x1", async () => {
-  await check([1, 3, 8, 7, 9], 8, 4, 2, 1); // odd sizes: the last output row and column read padding
+  await check([1, 3, 8, 7, 9], 16, 4, 2, 1); // odd sizes: the last output row and column read padding
   await check([2, 7, 9, 10, 11], 36, 4, 2, 1);
-  await check([1, 7, 4, 5, 6], 6, 1, 1, 0);
+  await check([1, 80, 4, 5, 6], 30, 1, 1, 0); // 80 rows x 30 columns of a 256 x 32 tile: 29% busy
 });
 
 Deno.test("conv3d channels-last dw: partials bounded by the binding (fewer chunks), and what it declines", async () => {
@@ -53,13 +53,23 @@ Deno.test("conv3d channels-last dw: partials bounded by the binding (fewer chunk
   try {
     assert.equal(dwGemmPlan(g, s)?.chunks, 2);
     assert.equal((await check(xs, 32, 3, 1, 1)).chunks, 2);
+  } finally {
+    g.setMaxBindingForTests(null);
+  }
+  // Too little of the tile busy: a 1x1x1 convolution to 4 channels, or to 1 (the discriminator's last).
+  for (const [cin, cout, k] of [[32, 4, 1], [64, 1, 4], [7, 6, 1]]) {
+    assert.equal(dwGemmPlan(g, K.conv3dShape([1, cin, 4, 4, 4], [cout, cin, k, k, k], null, 1, k === 4 ? 1 : 0)), null);
+  }
+  assert.ok(dwGemmPlan(g, K.conv3dShape([1, 10, 4, 4, 4], [16, 10, 3, 3, 3], null, 1, 1))); // 270 rows: 53% x 50%
+  g.setMaxBindingForTests(256 * 1024);
+  try {
     // A weight over one binding: declined, with the reason in the error.
     const big = K.conv3dShape([1, 64, 2, 2, 2], [64, 64, 3, 3, 3], null, 1, 1); // 432 KiB of weights
     assert.equal(dwGemmPlan(g, big), null);
     const b = g.alloc(4);
     assert.throws(
       () => conv3dBackwardWeightChannelsLast(g, big, b, b, b),
-      /weight gradient: \[1,64,2,2,2\] -> 64, kernel 3 stride 1 is not eligible/,
+      /weight gradient: \[1,64,2,2,2\] -> 64, kernel 3 stride 1 is not eligible \(x, dy and the weight/,
     );
     g.free(b);
   } finally {
