@@ -16,12 +16,12 @@
 // back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
 // output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the NB channels of one block; each thread 8
 // voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then channels in steps of 16 staged in
-// workgroup memory ([16][256 voxels] and [16][NB]). One dispatch takes every full block (grid z), and where that makes
-// fewer than CL_SPLIT workgroups (few voxels: the deep levels, the discriminator's last convolutions), the taps are
-// split over more, each split's partials summed (conv3d_sum_parts) before the transpose back, which adds the bias. The
-// volume goes through in depth slabs: each slab's output slices and the source slices they read (for a space-to-depth
-// source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one binding) whatever the
-// volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
+// workgroup memory ([16][256 voxels] and [16][NB]). A dispatch takes one block, or where a slab has few voxels (the
+// deep levels, the discriminator's last convolutions) several (grid z), up to CL_SPLIT.workgroups workgroups; below
+// that the taps are split over more, each split's partials summed (conv3d_sum_parts) before the transpose back, which
+// adds the bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for
+// a space-to-depth source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one
+// binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
 // The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
@@ -56,13 +56,13 @@ export interface Plan {
   out: number[]; // [D, H, W] of the result
   weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
   nz: number; // output slices per slab
-  tapsPer: number; // taps per split of the reduction (all T^3: no split)
+  splits: number; // parts the taps are split into (1: none); split i takes taps [i T^3 / splits, (i+1) T^3 / splits)
 }
 
 /** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
 export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
-  let p: Omit<Plan, "nb" | "bpd" | "nz" | "tapsPer">;
+  let p: Omit<Plan, "nb" | "bpd" | "nz" | "splits">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
     const [k, n] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
     p = { k, n, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
@@ -88,15 +88,15 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   // GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
   // their partials fit beside the slab.
   const groups = (z: number) => Math.ceil((z * ohw) / BM), t3 = p.taps ** 3;
-  const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / groups(slices(ohw * nb))));
+  let bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / groups(slices(ohw * nb))));
+  while (bpd > 1 && slices(ohw * nb * bpd) < 1) bpd--; // more blocks must not cost the slab its last slice
   const nz = slices(ohw * nb * bpd);
-  const most = Math.ceil(t3 / Math.ceil(CL_SPLIT.minK / p.k)); // splits of at least minK
+  const most = Math.max(1, Math.floor(t3 / Math.ceil(CL_SPLIT.minK / p.k))); // splits of at least minK, taps spread
   let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (groups(nz) * bpd)));
   while (splits > 1 && srcSlices(nz) + (splits + 1) * nz * ohw * nb * bpd > budget) splits--;
-  const tapsPer = Math.ceil(t3 / splits);
   // The space-to-depth and depth-to-space kernels cover a slice's H x W along one grid dimension.
   const grid = ihw <= 256 * g.maxWorkgroupsPerDim && ohw <= 256 * g.maxWorkgroupsPerDim;
-  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, bpd, nz, tapsPer } : null;
+  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, bpd, nz, splits } : null;
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
@@ -162,7 +162,7 @@ function gemmKernel(p: Plan, nb: number): Kernel {
 @group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][K]
 @group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [count][T^3][K][NB]
 @group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [splits][count][V][NB]
-struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, tapsPer: u32, splits: u32, count: u32 }
+struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, splits: u32, count: u32, p0: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
 var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][NB]
@@ -178,7 +178,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let wb = blk * ${t ** 3 * k * nb / 4}u;
   let yb = (split * u.count + blk) * nvox * ${nb / 4}u;
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
-  for (var tap = split * u.tapsPer; tap < min((split + 1u) * u.tapsPer, ${t ** 3}u); tap++) {
+  for (var tap = split * ${t ** 3}u / u.splits; tap < (split + 1u) * ${t ** 3}u / u.splits; tap++) {
     let dz = i32(tap / ${t * t}u) - ${pad};
     let dy = i32((tap / ${t}u) % ${t}u) - ${pad};
     let dx = i32(tap % ${t}u) - ${pad};
@@ -268,11 +268,10 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 };
 
 /**
- * The stride-2 input gradient's result, dxs [V][NB] (from element src) for the space-to-depth slices z0.. of a block of
- * NB channels
- * (8 per channel of x, from channel c0), scattered back to dx [C][D][H][W]: x voxel (z, y, x) of channel c is parity
- * (z + 1) % 2 ... of space-to-depth voxel ((z + 1) / 2, ...) (pad 1). Threads: one per x voxel of slices zx0 + y of
- * the grid, channel c0 + grid z.
+ * The stride-2 input gradient's result, dxs [V][NB] (from element src) for the space-to-depth slices z0.. of a block
+ * of NB channels (8 per channel of x, from channel c0), scattered back to dx [C][D][H][W]: x voxel (z, y, x) of
+ * channel c is parity (z + 1) % 2 ... of space-to-depth voxel ((z + 1) / 2, ...) (pad 1). Threads: one per x voxel of
+ * slices zx0 + y of the grid, channel c0 + grid z.
  */
 const DEPTH_TO_SPACE: Kernel = {
   name: "conv3d_cl_depth_to_space",
@@ -332,10 +331,7 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
     );
   }
   const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
-  const t3 = p.taps ** 3,
-    m = t3 * p.k * p.n,
-    held = Math.min(sd, p.nz + p.taps - 1),
-    splits = Math.ceil(t3 / p.tapsPer);
+  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1), splits = p.splits;
   // Dispatches of bpd blocks of NB channels, and one for a narrower last block.
   const groups: { n0: number; nb: number; count: number }[] = [];
   for (let n0 = 0; n0 + p.nb <= p.n; n0 += p.bpd * p.nb) {
@@ -365,7 +361,7 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         const vgroups = Math.ceil(nvox / BM), gx = Math.min(vgroups, g.maxWorkgroupsPerDim);
         for (const { n0, nb, count } of groups) {
           const size = count * nvox * nb; // one split's result: [count][V][NB]
-          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, p.tapsPer, splits, count]);
+          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, p.splits, count, 0]);
           const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
           const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: splits * size * 4 }];
           g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(vgroups / gx), count * splits]);

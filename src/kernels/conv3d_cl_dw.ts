@@ -5,8 +5,8 @@
 // dw[co][ci][tap] = sum over (n, output voxel o) of x[n][ci][o s - pad + tap] dy[n][co][o]: a GEMM whose rows are
 // (ci, tap) (R = Cin k^3, ci-major as in dw), whose columns are co, and whose reduction runs over the output voxels.
 // That reduction axis is the contiguous one of both NCDHW tensors, so unlike the forward it needs no transposes: the
-// kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked) that
-// keep a quarter of the tile busy.
+// kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked)
+// that keep a quarter of the tile busy.
 //
 // Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup of 256 threads
 // takes 256 rows x the NB columns of one block (registerTile: 8 rows x NB / 8 columns per thread, named vec4s) over a
@@ -146,8 +146,8 @@ export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUB
   if (!p) {
     throw new Error(
       `conv3d channels-last weight gradient: [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, kernel ${s.k} ` +
-        `stride ${s.stride} is not eligible (x, dy and the weight must each fit one binding, and Cin k^3 x Cout fill a ` +
-        `quarter of a 256 x 32-128 tile)`,
+        `stride ${s.stride} is not eligible (x, dy and the weight must each fit one binding, and Cin k^3 x Cout ` +
+        `fill a quarter of a 256 x 32-128 tile)`,
     );
   }
   const m = s.cout * s.cin * s.k ** 3, rows = s.n * s.od * s.oh;

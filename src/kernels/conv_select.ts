@@ -4,8 +4,9 @@
 // layer and pass), so it is a per-device mode (`--conv-kernel`):
 // - "gather" (the default): the gather kernel everywhere;
 // - "channels-last": channels-last wherever eligible (to measure it, and to plan its memory);
-// - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there with both
-//   kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the gather.
+// - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there
+//   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
+//   gather.
 // f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of a depth
 // slab of its source and result (at most 256 MiB) and the reordered weights during a forward or input gradient, and its
 // split-K partials (at most 256 MiB) during a weight gradient.

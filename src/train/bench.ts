@@ -256,7 +256,8 @@ async function benchMode(
           ["input_grad", "gather", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
           ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
         ];
-        // The channels-last candidates (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts), timed beside the gather kernel where they apply.
+        // The channels-last candidates (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts), timed beside the gather kernel
+        // where they apply.
         if (channelsLastTakes(g, s, "forward")) {
           const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
           passes.splice(1, 0, ["forward", "channels-last", fn]);

@@ -32,6 +32,9 @@ Deno.test("conv3d channels-last dw matches the reference: 3x3x3, odd sizes, N = 
   // 84 rows of 9 voxels (one masked step each): split-K over several chunks; 33 output channels: columns masked.
   const p = await check([2, 5, 7, 6, 9], 33, 3, 1, 1);
   assert.ok(p.chunks > 1 && p.nb === 64 && p.blocks === 1, JSON.stringify(p));
+  // 77 rows of 7 voxels, at least 32 rows per chunk: chunks of 39 and 38 rows.
+  const partial = await check([1, 4, 7, 11, 7], 32, 3, 1, 1);
+  assert.deepEqual([partial.chunks, partial.rowsPer], [2, 39]);
   // R = 16 x 27 = 432 rows: two row tiles; 160 output channels: two column blocks of 96.
   const two = await check([2, 16, 5, 6, 20], 160, 3, 1, 1);
   assert.deepEqual([two.rowTiles, two.blocks, two.nb], [2, 2, 96]);

@@ -12,6 +12,7 @@ import {
   conv3dBackwardInputChannelsLast,
   conv3dForwardChannelsLast,
 } from "../../src/kernels/conv3d_cl.ts";
+import { planGpu } from "../../src/kernels/null_device.ts";
 import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
 
@@ -47,7 +48,7 @@ async function check(xs: number[], cout: number, bias: boolean, stride: 1 | 2 = 
       const y = Tensor.empty(g, [s.n, s.cout, s.od, s.oh, s.ow]);
       conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, bias ? b.buffer : null, y.buffer);
       const [got] = await readAll([y]);
-      const p = channelsLastPlan(g, s, "forward")!, plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
+      const p = channelsLastPlan(g, s, "forward")!, plan = `${p.bpd} blocks per dispatch, taps in ${p.splits} splits`;
       assertClose(got, K.conv3dRef(xv, wv, bias ? bv : null, s), 1e-5, `[${xs}] -> ${cout} /${stride}, ${plan}`);
     }), settings);
 }
@@ -65,24 +66,25 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
   const plan = (xs: number[], cout: number, stride: 1 | 2, pass: "forward" | "input_grad" = "forward") => {
     const k = stride === 2 ? 4 : 3;
     const p = channelsLastPlan(g, K.conv3dShape(xs, [cout, xs[1], k, k, k], null, stride, 1), pass)!;
-    return [p.bpd, p.tapsPer];
+    return [p.bpd, p.splits];
   };
   // As shipped: 512 workgroups wanted per dispatch, splits of at least 256 channels x taps.
-  assert.deepEqual(plan([1, 256, 3, 4, 5], 256, 1), [2, 1]); // 1 voxel group: both blocks, one tap per split (27)
-  assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 14]); // 16 channels: 16 taps per split at least, so 2
-  assert.deepEqual(plan([1, 32, 5, 4, 6], 32, 2), [1, 1]); // stride 2, 8 x 32 channels: 8 splits of one tap
-  assert.deepEqual(plan([1, 256, 32, 32, 32], 32, 1), [1, 7]); // 128 groups: 4 splits of 7 taps (the last 6)
-  assert.deepEqual(plan([1, 32, 64, 64, 64], 32, 1), [1, 27]); // 1024 groups: no split
+  assert.deepEqual(plan([1, 256, 3, 4, 5], 256, 1), [2, 27]); // 1 voxel group: both blocks, one tap per split
+  assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 1]); // 16 channels: 16 taps per split at least, so no split
+  assert.deepEqual(plan([1, 32, 3, 4, 5], 32, 1), [1, 3]); // 32 channels: 8 taps at least, so 3 splits of 9
+  assert.deepEqual(plan([1, 32, 5, 4, 6], 32, 2), [1, 8]); // stride 2, 8 x 32 channels: 8 splits of one tap
+  assert.deepEqual(plan([1, 256, 32, 32, 32], 32, 1), [1, 4]); // 128 groups: 4 splits of 6, 7, 7 and 7 taps
+  assert.deepEqual(plan([1, 32, 64, 64, 64], 32, 1), [1, 1]); // 1024 groups: no split
   await check([1, 32, 5, 4, 6], 32, true, 2, [{ ...CL_SPLIT }]);
   await check([1, 256, 3, 4, 5], 256, true, 1, [{ ...CL_SPLIT }]);
-  // 16 voxel groups, splits of at least 8 taps x 64 channels: 4 splits of 7 taps (the last 6).
+  // 16 voxel groups, splits of at least 8 taps x 64 channels: 3 splits of 9 taps.
   const long = { workgroups: 512, minK: 512 };
-  await withSplit(async () => assert.deepEqual(plan([1, 64, 16, 16, 16], 32, 1), [1, 7]), [long]);
+  await withSplit(async () => assert.deepEqual(plan([1, 64, 16, 16, 16], 32, 1), [1, 3]), [long]);
   await check([1, 64, 16, 16, 16], 32, false, 1, [long]);
   // 2 wanted: 384 channels in blocks of 2 and then 1, no split (1 voxel group x 2 blocks).
   const two = { workgroups: 2, minK: 16 };
   await withSplit(async () => {
-    assert.deepEqual(plan([1, 16, 3, 4, 5], 384, 1), [2, 27]);
+    assert.deepEqual(plan([1, 16, 3, 4, 5], 384, 1), [2, 1]);
     // 3 weight reorders, the transpose in, 2 GEMMs, 3 transposes out.
     const s = K.conv3dShape([1, 16, 3, 4, 5], [384, 16, 3, 3, 3], null, 1, 1);
     const [xw, y] = [g.alloc(384 * 16 * 27 * 4), g.alloc(384 * 60 * 4)], d0 = g.dispatches;
@@ -95,10 +97,10 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
   await checkDx([1, 48, 3, 4, 5], 16, 2, [two]); // 384 GEMM outputs (8 x 48) of the stride-2 input gradient
   // Each split's partials and their sum must fit beside the source. With 56 KiB of binding (the 54 KiB weight still
   // fits one), 3x4x5 voxels, 16 -> 32 channels, splits down to one tap: 6.25 KiB of source slices and 7.5 KiB per
-  // split leave room for 5 splits and their sum, so 6 taps each (the last 3).
+  // split leave room for 5 splits and their sum (of 5 or 6 taps).
   g.setMaxBindingForTests(56 * 1024);
   try {
-    await withSplit(async () => assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 6]), [{
+    await withSplit(async () => assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 5]), [{
       workgroups: 512,
       minK: 16,
     }]);
@@ -135,7 +137,7 @@ async function checkDx(xs: number[], cout: number, stride: 1 | 2 = 1, settings?:
       conv3dBackwardInputChannelsLast(g, s, dy.buffer, w.buffer, dx.buffer);
       const [got] = await readAll([dx]);
       const p = channelsLastPlan(g, s, "input_grad")!;
-      const plan = `${p.bpd} blocks per dispatch, ${p.tapsPer} taps per split`;
+      const plan = `${p.bpd} blocks per dispatch, taps in ${p.splits} splits`;
       assertClose(got, K.conv3dBackwardRef(xv, wv, dyv, s).dx, 1e-5, `dx [${xs}] -> ${cout} /${stride}, ${plan}`);
     }), settings);
 }
@@ -183,6 +185,15 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
     g.setMaxBindingForTests(32 * 1024);
     assert.equal(slab([1, 4, 16, 10, 12], 16, 2, "input_grad"), 4); // (4 + 1) x 30 x 16 + 4 x 42 x 32 floats
     await checkDx([1, 4, 16, 10, 12], 16, 2);
+    // 144 KiB, splits down to one tap: slabs of 5 and 1 of 6 output slices, the taps in 2 splits in both (the short
+    // last slab's partials lie closer together than a full one's).
+    g.setMaxBindingForTests(144 * 1024);
+    const short = { workgroups: 512, minK: 16 };
+    await withSplit(async () => {
+      const p = channelsLastPlan(g, K.conv3dShape([1, 16, 12, 6, 8], [32, 16, 4, 4, 4], null, 2, 1), "forward")!;
+      assert.deepEqual([p.nz, p.out[0], p.splits], [5, 6, 2]);
+    }, [short]);
+    await check([1, 16, 12, 6, 8], 32, true, 2, [short]);
   } finally {
     g.setMaxBindingForTests(null);
   }
@@ -202,6 +213,14 @@ Deno.test("conv3d channels-last: which passes it takes (channels in % 16, x8 for
     const s of [shape(24, 32), shape(32, 48), shape(3, 32, 4, 2, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]
   ) {
     assert.equal(channelsLastTakes(g, s, "forward"), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
+  }
+  // Several blocks per dispatch never cost a slab its last slice: at 160 x 192 on an H100's limits (2 GiB bindings)
+  // one 3x3x3 output slice of 256 or 512 channels, with its source, fills the scratch budget.
+  const h100 = planGpu();
+  for (const [cin, cout, bpd] of [[656, 256, 1], [560, 512, 3]]) {
+    const s = K.conv3dShape([1, cin, 4, 160, 192], [cout, cin, 3, 3, 3], null, 1, 1);
+    const p = channelsLastPlan(h100, s, "forward");
+    assert.deepEqual([p?.bpd, p?.nz], [bpd, 1], `${cin} -> ${cout}`);
   }
   const x = g.alloc(4), y = g.alloc(4);
   assert.throws(() => conv3dForwardChannelsLast(g, shape(24, 32), x, x, null, y), /\[1,24,8,8,8\] -> 32.*not eligible/);

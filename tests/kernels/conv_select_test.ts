@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
+import { conv3dForwardChannelsLast } from "../../src/kernels/conv3d_cl.ts";
 import { convVariant, setConvKernels, tuneConvs } from "../../src/kernels/conv_select.ts";
 import type { Gpu } from "../../src/kernels/device.ts";
 import { conv3d } from "../../src/nn/ops/conv.ts";
@@ -75,7 +76,16 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     await convOp(g, [1, 16, 4, 5, 6], 32); // forward eligible (16 -> 32), input gradient not (32 -> 16)
     await convOp(g, [1, 3, 4, 5, 6], 8); // not eligible at all
     assert.equal(convVariant(g, s, "forward"), "gather"); // until timed
+    // Each kernel's dispatches for one forward of that shape: tuning runs each twice (untimed, then timed).
+    const per = (f: typeof K.conv3dForward) => {
+      const [x, w, y] = [16 * 120, 32 * 16 * 27, 32 * 120].map((n) => g.alloc(n * 4)), d0 = g.dispatches;
+      f(g, s, x, w, null, y);
+      for (const b of [x, w, y]) g.free(b);
+      return g.dispatches - d0;
+    };
+    const expected = 2 * per(K.conv3dForward) + 2 * per(conv3dForwardChannelsLast), d0 = g.dispatches;
     const choices = await tuneConvs(g, 1);
+    assert.equal(g.dispatches - d0, expected); // both kernels ran
     assert.deepEqual(choices.map((c) => c.conv), ["forward [1,16,4,5,6] -> 32, k3 s1 p1"]);
     const [c] = choices;
     assert.ok(c.gather_ms > 0 && c.channels_last_ms > 0);
