@@ -14,14 +14,15 @@
 // Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] (NCDHW, as everywhere) are transposed around the
 // GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below; a stride-2 input gradient's result goes straight
 // back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
-// output channels. The GEMM: a workgroup of 256 threads takes 256 voxels x the NB channels of one block; each thread 8
-// voxels x NB/8 channels in named vec4 accumulators; K runs over taps, then channels in steps of 16 staged in
-// workgroup memory ([16][256 voxels] and [16][NB]). A dispatch takes one block, or where a slab has few voxels (the
-// deep levels, the discriminator's last convolutions) several (grid z), up to CL_SPLIT.workgroups workgroups; below
-// that the taps are split over more, each split's partials summed (conv3d_sum_parts) before the transpose back, which
-// adds the bias. The volume goes through in depth slabs: each slab's output slices and the source slices they read (for
-// a space-to-depth source, made slab by slab from x), so that the scratch copies stay within CL_SCRATCH (and one
-// binding) whatever the volume's size. Every tensor is bound whole, so each must fit one binding. Nothing is saved.
+// output channels. The GEMM: a workgroup takes 256 voxels x the NB channels of one block; each thread 8 voxels x NB/8
+// channels (of 256 threads; NB/4 of 128 for NB = 32: registerTile) in named vec4 accumulators; K runs over taps, then
+// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][NB]). A dispatch takes one block, or
+// where a slab has few voxels (the deep levels, the discriminator's last convolutions) several (grid z), up to
+// CL_SPLIT.workgroups workgroups; below that the taps are split over more, each split's partials summed
+// (conv3d_sum_parts) before the transpose back, which adds the bias. The volume goes through in depth slabs: each
+// slab's output slices and the source slices they read (for a space-to-depth source, made slab by slab from x), so
+// that the scratch copies stay within CL_SCRATCH (and one binding) whatever the volume's size. Every tensor is bound
+// whole, so each must fit one binding. Nothing is saved.
 // The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
@@ -106,12 +107,14 @@ export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean
 
 /**
  * The register tile both GEMMs (this file's and conv3d_cl_dw.ts's) share: a workgroup's 256 x NB outputs from
- * As [16][256] and Bs [16][NB] in workgroup memory (vec4s; 16 steps of the reduction), thread t (rg = t / 8,
- * cg = t % 8) accumulating rows 8 rg .. 8 rg + 7 x columns 4 (cg nv + j) .. + 3 (nv = NB / 32) in named vec4s
- * c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays). Bs's rows are `bRow` vec4s apart (NB / 4 unless padded).
+ * As [16][256] and Bs [16][NB] in workgroup memory (vec4s; 16 steps of the reduction), thread t of 32 cgs (rg = t /
+ * cgs, cg = t % cgs) accumulating rows 8 rg .. 8 rg + 7 x columns 4 (cg nv + j) .. + 3 (nv = NB / 4 cgs) in named
+ * vec4s c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays). Bs's rows are `bRow` vec4s apart (NB / 4 unless
+ * padded). Both GEMMs take cgs = 4 for NB = 32 (128 threads of 8 x 8: on llvmpipe 13% faster than 256 of 8 x 4 for a
+ * 32 -> 32 forward, and the 64 accumulators per thread with which the issue's H100 probe ran fastest), else 8.
  */
-export function registerTile(nb: number, bRow = nb / 4): { acc: string[]; inner: string } {
-  const nv = nb / 32, acc: string[] = [];
+export function registerTile(nb: number, bRow = nb / 4, cgs = 8): { acc: string[]; inner: string } {
+  const nv = nb / (4 * cgs), acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
   for (let kk = 0; kk < BK; kk++) {
@@ -134,8 +137,8 @@ export function registerTile(nb: number, bRow = nb / 4): { acc: string[]; inner:
  */
 function gemmKernel(p: Plan, nb: number): Kernel {
   const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
-  const nv = nb / 32;
-  const { acc, inner } = registerTile(nb);
+  const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs;
+  const { acc, inner } = registerTile(nb, nb / 4, cgs);
   let stores = "";
   for (let r = 0; r < 8; r++) {
     stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
@@ -144,14 +147,14 @@ function gemmKernel(p: Plan, nb: number): Kernel {
   }
   // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
   let rows = "", loads = "";
-  for (let i = 0; i < 4; i++) {
-    rows += `let v${i} = vb + t / 4u + ${64 * i}u; let z${i} = i32(v${i} / ${oh * ow}u + u.z0); ` +
+  for (let i = 0; i < 1024 / threads; i++) {
+    rows += `let v${i} = vb + t / 4u + ${(threads / 4) * i}u; let z${i} = i32(v${i} / ${oh * ow}u + u.z0); ` +
       `let y${i} = i32((v${i} / ${ow}u) % ${oh}u); let x${i} = i32(v${i} % ${ow}u);\n`;
     loads += `{ let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx; var a = vec4f(0.0);
       if (v${i} < nvox && zz >= 0 && zz < i32(u.D) && yy >= 0 && yy < ${ih} && xx >= 0 && xx < ${iw}) {
         a = X[((u32(zz) - u.zlo) * ${ih * iw}u + u32(yy) * ${iw}u + u32(xx)) * ${k / 4}u + ci0 / 4u + t % 4u];
       }
-      let row = t / 4u + ${64 * i}u; let kq = (t % 4u) * 4u;
+      let row = t / 4u + ${(threads / 4) * i}u; let kq = (t % 4u) * 4u;
       As[kq * 64u + row / 4u][row % 4u] = a.x; As[(kq + 1u) * 64u + row / 4u][row % 4u] = a.y;
       As[(kq + 2u) * 64u + row / 4u][row % 4u] = a.z; As[(kq + 3u) * 64u + row / 4u][row % 4u] = a.w; }\n`;
   }
@@ -166,12 +169,12 @@ struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, splits: u32, count: u
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
 var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][NB]
-@compute @workgroup_size(${BM})
+@compute @workgroup_size(${threads})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   let vb = (wg.y * u.gridx + wg.x) * ${BM}u;
   let nvox = u.nz * ${oh * ow}u;
-  let rg = t / 8u;
-  let cg = t % 8u;
+  let rg = t / ${cgs}u;
+  let cg = t % ${cgs}u;
   ${rows}
   let blk = wg.z / u.splits;
   let split = wg.z % u.splits;
@@ -184,7 +187,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     let dx = i32(tap % ${t}u) - ${pad};
     for (var ci0 = 0u; ci0 < ${k}u; ci0 += ${BK}u) {
       ${loads}
-      for (var e = t; e < ${bvecs}u; e += ${BM}u) { Bs[e] = Wt[wb + ((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
+      for (var e = t; e < ${bvecs}u; e += ${threads}u) { Bs[e] = Wt[wb + ((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
       workgroupBarrier();
       ${inner}
       workgroupBarrier();

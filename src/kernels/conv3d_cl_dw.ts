@@ -8,11 +8,11 @@
 // kernel reads x and dy where they are. Any k, stride and pad; any channel counts (the row and column tails masked)
 // that keep a quarter of the tile busy.
 //
-// Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup of 256 threads
-// takes 256 rows x the NB columns of one block (registerTile: 8 rows x NB / 8 columns per thread, named vec4s) over a
-// chunk of output rows (n, od, oh): each output row in steps of 16 voxels along OW (the last one masked), staged in
-// workgroup memory as As [16 voxels][256 rows] (thread t loads its row's 16 x values: its (ci, kd, kh, kw) is decoded
-// once, so a load costs an add and bounds checks) and Bs [16 voxels][NB + 4] (dy; padded against bank conflicts).
+// Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup (256 threads, or
+// 128 for NB = 32) takes 256 rows x the NB columns of one block (registerTile, named vec4s) over a chunk of output
+// rows (n, od, oh): each output row in steps of 16 voxels along OW (the last one masked), staged in workgroup memory
+// as As [16 voxels][256 rows] (a thread loads its rows' 16 x values: each row's (ci, kd, kh, kw) is decoded once, so
+// a load costs an add and bounds checks) and Bs [16 voxels][NB + 4] (dy; padded against bank conflicts).
 // Split-K: the output rows go in chunks (grid z) whose partials [chunks][Cout][R] conv3d_sum_parts sums into dw; with
 // one chunk the kernel writes dw itself. Nothing is saved; the scratch is the partials, at most DW_PARTS bytes.
 
@@ -62,18 +62,33 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
 }
 
 function dwKernel(s: Conv3dShape, nb: number): Kernel {
-  const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3, nv = nb / 32;
+  const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3;
+  // 32 columns: 4 column groups of 2 vec4s (128 threads, 2 rows of As each), as the forward GEMM (gemmKernel).
+  const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs, hs = BM / threads;
   // Bs's rows padded by a vec4: the 16 voxels a B store writes at once would otherwise share one memory bank on GPUs.
   const bRow = nb / 4 + 1;
-  const { acc, inner } = registerTile(nb, bRow);
-  let loadA = "", loadB = "", stores = "";
-  for (let j = 0; j < BK; j++) {
-    loadA += `{ let ix = ix0 + ${j * stride}; var a = 0.0;
-      if (ok && ix >= 0 && ix < ${w}) { a = X[u32(xb + ix)]; } // past OW: dy's zeros mask it
-      As[${j * 64}u + t / 4u][t % 4u] = a; }\n`;
+  const { acc, inner } = registerTile(nb, bRow, cgs);
+  let decode = "", rowSetup = "", loadA = "", loadB = "", stores = "";
+  for (let e = 0; e < hs; e++) {
+    // Row t + e * threads of As: (ci, kd, kh, kw), decoded once.
+    decode += `let row${e} = wg.x * ${BM}u + t + ${e * threads}u; let ci${e} = row${e} / ${k ** 3}u;
+  let kd${e} = i32(row${e} / ${
+      k * k
+    }u) % ${k}; let kh${e} = i32(row${e} / ${k}u) % ${k}; let kw${e} = i32(row${e} % ${k}u);
+`;
+    // ci >= Cin: a row past R, never stored, so it loads nothing.
+    rowSetup += `let iz${e} = i32(oz) * ${stride} - ${pad} + kd${e}; let iy${e} = i32(oy) * ${stride} - ${pad} + kh${e};
+    let ok${e} = ci${e} < ${cin}u && iz${e} >= 0 && iz${e} < ${d} && iy${e} >= 0 && iy${e} < ${h};
+    let xb${e} = ((i32(n * ${cin}u + ci${e}) * ${d} + iz${e}) * ${h} + iy${e}) * ${w};
+`;
+    for (let j = 0; j < BK; j++) {
+      loadA += `{ let ix = i32(ox0) * ${stride} - ${pad} + kw${e} + ${j * stride}; var a = 0.0;
+      if (ok${e} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + ix)]; } // past OW: dy's zeros mask it
+      As[${j * 64}u + (t + ${e * threads}u) / 4u][t % 4u] = a; }\n`;
+    }
   }
-  for (let q = 0; q < nb / 16; q++) {
-    loadB += `{ let c = t / 16u + ${16 * q}u; var b = 0.0;
+  for (let q = 0; q < nb * BK / threads; q++) {
+    loadB += `{ let c = t / 16u + ${(threads / 16) * q}u; var b = 0.0;
       if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + ox0 + j]; }
       Bs[j * ${bRow}u + c / 4u][c % 4u] = b; }\n`;
   }
@@ -97,17 +112,12 @@ struct U { rows: u32, rowsPer: u32, p0: u32, p1: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 voxels][256 rows]
 var<workgroup> Bs: array<vec4f, ${BK * bRow}>; // [16 voxels][NB + 4]
-@compute @workgroup_size(${BM})
+@compute @workgroup_size(${threads})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
-  // This thread's row of As: (ci, kd, kh, kw).
-  let row = wg.x * ${BM}u + t;
-  let ci = row / ${k ** 3}u;
-  let kd = i32(row / ${k * k}u) % ${k};
-  let kh = i32(row / ${k}u) % ${k};
-  let kw = i32(row % ${k}u);
+  ${decode}
   let cb = wg.y * ${nb}u;
-  let rg = t / 8u;
-  let cg = t % 8u;
+  let rg = t / ${cgs}u;
+  let cg = t % ${cgs}u;
   let j = t % 16u; // this thread's voxel of Bs
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
   let q1 = min((wg.z + 1u) * u.rowsPer, u.rows);
@@ -115,14 +125,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     let oy = q % ${oh}u;
     let oz = (q / ${oh}u) % ${od}u;
     let n = q / ${od * oh}u;
-    let iz = i32(oz) * ${stride} - ${pad} + kd;
-    let iy = i32(oy) * ${stride} - ${pad} + kh;
-    // ci >= Cin: a row past R, never stored, so it loads nothing.
-    let ok = ci < ${cin}u && iz >= 0 && iz < ${d} && iy >= 0 && iy < ${h};
-    let xb = ((i32(n * ${cin}u + ci) * ${d} + iz) * ${h} + iy) * ${w};
+    ${rowSetup}
     let yb = ((n * ${cout}u + cb) * ${od}u + oz) * ${oh * ow}u + oy * ${ow}u;
     for (var ox0 = 0u; ox0 < ${ow}u; ox0 += ${BK}u) {
-      let ix0 = i32(ox0) * ${stride} - ${pad} + kw;
       ${loadA}
       let vok = ox0 + j < ${ow}u;
       ${loadB}
