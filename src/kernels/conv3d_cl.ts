@@ -45,10 +45,19 @@ export const CL_SPLIT = { workgroups: 512, minK: 256 };
 
 export type ClPass = "forward" | "input_grad";
 
+/**
+ * The least share of the GEMM's work that may be padding: channel counts not a multiple of 16 (K) or 32 (N) are padded
+ * with zero channels, and below this share of real ones (the student's 3 input channels: 3 of 16) the gather kernel
+ * is the one to run.
+ */
+const CL_MIN_USE = 0.25;
+
 /** One pass as the GEMM sees it. */
 export interface Plan {
-  k: number; // GEMM channels in: the source's
-  n: number; // GEMM channels out
+  k: number; // GEMM channels in: the source's, padded to a multiple of 16 (zero channels)
+  n: number; // GEMM channels out, padded to a multiple of 32 (columns computed, never stored)
+  kReal: number; // the source's channels
+  nReal: number; // the result's channels
   nb: number; // output channels per block (a multiple of 32, at most 128)
   bpd: number; // blocks per dispatch (a narrower last block has one of its own)
   taps: number; // T per dimension
@@ -63,17 +72,18 @@ export interface Plan {
 /** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
 export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
-  let p: Omit<Plan, "nb" | "bpd" | "nz" | "splits">;
+  let q: Omit<Plan, "nb" | "bpd" | "nz" | "splits" | "k" | "n">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
-    const [k, n] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
-    p = { k, n, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
+    const [kReal, nReal] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
+    q = { kReal, nReal, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
   } else if (s.k === 4 && s.stride === 2 && s.pad === 1) {
     const m = out.map((o) => o + 1); // x's space-to-depth
-    p = pass === "forward"
-      ? { k: 8 * s.cin, n: s.cout, taps: 2, pad: 0, src: m, out, weights: 2 }
-      : { k: s.cout, n: 8 * s.cin, taps: 2, pad: 1, src: out, out: m, weights: 3 };
+    q = pass === "forward"
+      ? { kReal: 8 * s.cin, nReal: s.cout, taps: 2, pad: 0, src: m, out, weights: 2 }
+      : { kReal: s.cout, nReal: 8 * s.cin, taps: 2, pad: 1, src: out, out: m, weights: 3 };
   } else return null;
-  if (p.k % BK !== 0 || p.n % 32 !== 0) return null;
+  const p = { ...q, k: Math.ceil(q.kReal / BK) * BK, n: Math.ceil(q.nReal / 32) * 32 };
+  if ((p.kReal / p.k) * (p.nReal / p.n) < CL_MIN_USE) return null;
   let nb = Math.min(128, p.n);
   while (nb >= 32 && (BK * BM + BK * nb) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged inputs and weights
   const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
@@ -237,14 +247,14 @@ fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u)
  * (the transposed convolution's weights). Mode 2, the stride-2 forward over x's space-to-depth: K = 8 Cin, source
  * channel 8c + 4rd + 2rh + rw at tap (a, b, e) reads w's tap (2a + rd, 2b + rh, 2e + rw) of channel c. Mode 3, its
  * input gradient (the transposed 2x2x2 convolution, pad 1): (K, N) = (Cout, 8 Cin), mode 2's weights with the taps
- * reversed.
+ * reversed. u.k is the padded K (the layout's), u.kr and u.n the real K and N (w's strides); padding channels get 0.
  */
 const REORDER: Kernel = {
   name: "conv3d_cl_weights",
   wgsl: `
 @group(0) @binding(0) var<storage, read> W: array<f32>;
 @group(0) @binding(1) var<storage, read_write> T: array<f32>;
-struct U { k: u32, n: u32, nb: u32, n0: u32, m: u32, gridx: u32, mode: u32, p0: u32 }
+struct U { k: u32, n: u32, nb: u32, n0: u32, m: u32, gridx: u32, mode: u32, kr: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3u) {
@@ -253,13 +263,14 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let b = u.n0 + e % u.nb;
   let a = (e / u.nb) % u.k;
   let tap = e / (u.nb * u.k);
+  if (a >= u.kr || b >= u.n) { T[u.n0 * (u.m / u.nb) + e] = 0.0; return; } // a padding channel: nothing of w
   var s = 0u;
-  if (u.mode == 0u) { s = (b * u.k + a) * 27u + tap; }
+  if (u.mode == 0u) { s = (b * u.kr + a) * 27u + tap; }
   else if (u.mode == 1u) { s = (a * u.n + b) * 27u + 26u - tap; }
   else if (u.mode == 2u) {
     let kd = 2u * (tap / 4u) + (a / 4u) % 2u; let kh = 2u * ((tap / 2u) % 2u) + (a / 2u) % 2u;
     let kw = 2u * (tap % 2u) + a % 2u;
-    s = (b * (u.k / 8u) + a / 8u) * 64u + (kd * 4u + kh) * 4u + kw;
+    s = (b * (u.kr / 8u) + a / 8u) * 64u + (kd * 4u + kh) * 4u + kw;
   } else {
     let r = 7u - tap;
     let kd = 2u * (r / 4u) + (b / 4u) % 2u; let kh = 2u * ((r / 2u) % 2u) + (b / 2u) % 2u;
@@ -329,8 +340,8 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
     throw new Error(
       `conv3d channels-last ${pass === "forward" ? "forward" : "input gradient"}: [${s.n},${s.cin},${s.d},${s.h},` +
         `${s.w}] -> ${s.cout}, kernel ${s.k} stride ${s.stride} is not eligible (3x3x3 stride 1 pad 1 or 4x4x4 ` +
-        `stride 2 pad 1; GEMM channels in a multiple of 16 and out of 32, those of x counted 8 times for stride 2; ` +
-        `every tensor within one binding)`,
+        `stride 2 pad 1; GEMM channels padded to multiples of 16 in and 32 out at most 4x, those of x counted 8 ` +
+        `times for stride 2; every tensor within one binding)`,
     );
   }
   const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
@@ -343,12 +354,15 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
   if (p.n % p.nb) groups.push({ n0: p.n - (p.n % p.nb), nb: p.n % p.nb, count: 1 });
   const result = p.nz * ohw * p.nb * p.bpd; // one split's result, [count][V][NB], at most
   const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(splits * result * 4);
-  const xs = p.weights === 2 ? g.alloc(held * ihw * p.k * 4) : null;
+  const xs = p.weights === 2 ? g.alloc(held * ihw * p.kReal * 4) : null;
   const sum = splits > 1 ? g.alloc(result * 4) : null;
   try {
+    // The source's padding channels, which the transposes in never write, meet zero weights; zeroed all the same, as
+    // WGSL leaves 0 x (a pooled buffer's Inf or NaN) to the implementation.
+    if (p.kReal < p.k) g.zero(st);
     for (let n0 = 0; n0 < p.n; n0 += p.nb) {
       const nb = Math.min(p.nb, p.n - n0), rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
-      const u = new Uint32Array([p.k, p.n, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, 0]);
+      const u = new Uint32Array([p.k, p.nReal, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, p.kReal]);
       g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
     }
     const [srcC, outV] = [pass === "forward" ? s.cin : s.cout, od * ohw];
@@ -359,8 +373,8 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         const cols = (zhi - zlo) * ihw, nvox = (z1 - z0) * ohw;
         if (xs) { // the space-to-depth of x's slices for this slab, then transposed
           spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
-          transpose(g, [xs, 0, cols], [st, 0, p.k], p.k, cols, null);
-        } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.k, cols, null);
+          transpose(g, [xs, 0, cols], [st, 0, p.k], p.kReal, cols, null);
+        } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.kReal, cols, null);
         const vgroups = Math.ceil(nvox / BM), gx = Math.min(vgroups, g.maxWorkgroupsPerDim);
         for (const { n0, nb, count } of groups) {
           const size = count * nvox * nb; // one split's result: [count][V][NB]
@@ -371,7 +385,8 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
           if (sum) sumParts(g, ot, sum, size, splits);
           const res = sum ?? ot;
           for (let c = 0; c < count; c++) {
-            const [c0, r0] = [n0 + c * nb, c * nvox * nb]; // the block's first channel and its result's offset
+            // The block's first channel, its real channels (the last block's padding is not stored), its result.
+            const [c0, r0] = [n0 + c * nb, c * nvox * nb], real = Math.min(nb, p.nReal - c0);
             if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels c0 / 8 ..
               const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
               const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + c0 / 8) * plane, plane, r0, 0, 0]);
@@ -379,10 +394,10 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
                 buffer: out,
                 size: s.n * s.cin * plane * 4,
               }];
-              g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, nb / 8]);
+              g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, real / 8]);
             } else {
-              const dst = ((i * p.n + c0) * od + z0) * ohw;
-              transpose(g, [res, r0, nb], [out, dst, outV], nvox, nb, b, c0); // [V][NB] -> [NB][V], + bias
+              const dst = ((i * p.nReal + c0) * od + z0) * ohw;
+              transpose(g, [res, r0, nb], [out, dst, outV], nvox, real, b, c0); // [V][NB] -> [NB][V], + bias
             }
           }
         }

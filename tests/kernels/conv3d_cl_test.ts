@@ -149,13 +149,24 @@ Deno.test("conv3d channels-last input gradient matches the reference (Cin and Co
   await checkDx([1, 160, 3, 4, 5], 16); // 160 GEMM outputs: two blocks
   await checkDx([2, 256, 3, 4, 5], 16); // 256 GEMM outputs: two blocks in one dispatch
   const g = await testGpu();
-  const s = K.conv3dShape([1, 16, 8, 8, 8], [32, 16, 3, 3, 3], null, 1, 1); // dx: 32 in, 16 out: not eligible
+  const s = K.conv3dShape([1, 3, 8, 8, 8], [32, 3, 3, 3, 3], null, 1, 1); // dx: 3 of 32 output columns: declined
   const b = g.alloc(4);
   assert.throws(
     () => conv3dBackwardInputChannelsLast(g, s, b, b, b),
-    /input gradient: \[1,16,8,8,8\] -> 32.*not eligible/,
+    /input gradient: \[1,3,8,8,8\] -> 32.*not eligible/,
   );
   g.free(b);
+});
+
+Deno.test("conv3d channels-last pads channel counts: zero input channels to 16, output columns to 32", async () => {
+  await check([1, 5, 5, 6, 7], 32, true); // K = 5 of 16
+  await check([2, 24, 4, 5, 6], 48, false); // K = 24 of 32, N = 48 of 64
+  await check([1, 20, 3, 4, 5], 136, true); // N = 136: blocks of 128 and 8 of 32
+  await checkDx([1, 16, 5, 6, 7], 32); // N = 16 of 32
+  await checkDx([2, 20, 4, 5, 6], 24); // K = 24 of 32, N = 20 of 32
+  await check([1, 7, 8, 6, 10], 32, true, 2); // stride 2 (disc_1's 7 channels): K = 8 x 7 = 56 of 64
+  await checkDx([1, 7, 8, 6, 10], 16, 2); // its input gradient: N = 56 of 64
+  await checkDx([2, 5, 7, 6, 9], 16, 2); // N = 40 of 64
 });
 
 Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered binding): forward and dx", async () => {
@@ -199,19 +210,20 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
   }
 });
 
-Deno.test("conv3d channels-last: which passes it takes (channels in % 16, x8 for stride 2; out % 32), and why not", async () => {
+Deno.test("conv3d channels-last: which passes it takes (3x3x3, 4x4x4 stride 2; a quarter real channels), and why not", async () => {
   const g = await testGpu();
   const shape = (cin: number, cout: number, k = 3, stride = 1, pad = 1) =>
     K.conv3dShape([1, cin, 8, 8, 8], [cout, cin, k, k, k], null, stride, pad);
-  for (const s of [shape(32, 32), shape(32, 256), shape(32, 32, 4, 2, 1), shape(2, 32, 4, 2, 1)]) {
-    assert.ok(channelsLastTakes(g, s, "forward"), `[${s.cin} -> ${s.cout}, k${s.k}]`);
-  }
+  const takes = [shape(32, 32), shape(32, 256), shape(32, 32, 4, 2, 1), shape(2, 32, 4, 2, 1), shape(24, 32)];
+  takes.push(shape(4, 32), shape(32, 48), shape(3, 32, 4, 2, 1)); // K = 4 of 16: a quarter; 48 of 64; 24 of 32
+  for (const s of takes) assert.ok(channelsLastTakes(g, s, "forward"), `[${s.cin} -> ${s.cout}, k${s.k}]`);
   assert.ok(channelsLastTakes(g, shape(32, 32), "input_grad"));
   assert.ok(channelsLastTakes(g, shape(4, 16, 4, 2, 1), "input_grad")); // K = 16, N = 8 x 4
-  assert.equal(channelsLastTakes(g, shape(2, 16, 4, 2, 1), "input_grad"), false); // N = 8 x 2: not a multiple of 32
-  for (
-    const s of [shape(24, 32), shape(32, 48), shape(3, 32, 4, 2, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]
-  ) {
+  assert.ok(channelsLastTakes(g, shape(2, 16, 4, 2, 1), "input_grad")); // N = 8 x 2 = 16 of 32
+  assert.ok(channelsLastTakes(g, shape(1, 16, 4, 2, 1), "input_grad")); // N = 8 of 32: a quarter
+  assert.equal(channelsLastTakes(g, shape(32, 3), "input_grad"), false); // K = 3 of 16
+  // Too much padding (3 of 16 channels in, 1 of 32 out), or a kernel it does not take (1x1x1, 4x4x4 stride 1).
+  for (const s of [shape(3, 32), shape(32, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]) {
     assert.equal(channelsLastTakes(g, s, "forward"), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
   }
   // Several blocks per dispatch never cost a slab its last slice: at 160 x 192 on an H100's limits (2 GiB bindings)
@@ -223,7 +235,7 @@ Deno.test("conv3d channels-last: which passes it takes (channels in % 16, x8 for
     assert.deepEqual([p?.bpd, p?.nz], [bpd, 1], `${cin} -> ${cout}`);
   }
   const x = g.alloc(4), y = g.alloc(4);
-  assert.throws(() => conv3dForwardChannelsLast(g, shape(24, 32), x, x, null, y), /\[1,24,8,8,8\] -> 32.*not eligible/);
+  assert.throws(() => conv3dForwardChannelsLast(g, shape(3, 32), x, x, null, y), /\[1,3,8,8,8\] -> 32.*not eligible/);
   g.free(x);
   g.free(y);
 });

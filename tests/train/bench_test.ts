@@ -26,10 +26,10 @@ for (const mode of BENCH_MODES) {
   Deno.test(`bench --mode ${mode} prints JSON lines with the reference's fields (32^3, k=2)`, async () => {
     await testGpu();
     const rows = await cli({ mode, size: "32,32,32", k: "2", iters: "1", warmup: "0" });
-    // conv: three passes per shape, plus the channels-last ones where they apply (at k=2: the forward 16 -> 32, the
-    // input gradient of 32 -> 16, a GEMM from 16 channels to 32, the stride-2 forwards 32 -> 32 and 64 -> 64, GEMMs
-    // from 8 x 32 and 8 x 64 space-to-depth channels, the stride-2 input gradients from 16 channels up, and the weight
-    // gradients whose GEMM tile would be at least a quarter busy).
+    // conv: three passes per shape, plus the channels-last ones where they apply: at k=2, the passes whose padded
+    // channels stay at least a quarter real (levels 3 and 4: 8 or 16 of 16 in x 16 or 32 of 32 out; the stride-2
+    // convolutions from 8 x 8 channels of x's space-to-depth; disc_1's input gradient, 8 of 16 in x 8 x 7 of 64 out),
+    // and the weight gradients whose GEMM tile would be at least a quarter busy.
     const cl = rows.filter((r) => r.variant === "channels-last");
     assert.equal(rows.length, mode === "conv" ? convCases([32, 32, 32], 2).length * 3 + cl.length : 1);
     if (mode === "conv") {
@@ -43,8 +43,18 @@ for (const mode of BENCH_MODES) {
         "disc_4 32k->32k /2",
       ]);
       assert.deepEqual(cl.filter((r) => r.pass !== "weight_grad").map((r) => [r.conv, r.pass]), [
+        ["unet L3 4k->8k (d4.conv1)", "forward"],
+        ["unet L3 4k->8k (d4.conv1)", "input_grad"],
+        ["unet L3 8k->8k (d4.conv2, u4)", "forward"],
+        ["unet L3 8k->8k (d4.conv2, u4)", "input_grad"],
+        ["unet L3 8k->4k (u4.conv_out)", "forward"],
+        ["unet L3 8k->4k (u4.conv_out)", "input_grad"],
         ["unet L4 8k->16k (c5.conv1)", "forward"],
+        ["unet L4 8k->16k (c5.conv1)", "input_grad"],
+        ["unet L4 16k->8k (c5.conv2)", "forward"],
         ["unet L4 16k->8k (c5.conv2)", "input_grad"],
+        ["disc_1 7->4k /2", "input_grad"],
+        ["disc_2 8k->8k /2", "forward"],
         ["disc_2 8k->8k /2", "input_grad"],
         ["disc_3 16k->16k /2", "forward"],
         ["disc_3 16k->16k /2", "input_grad"],
@@ -202,8 +212,8 @@ Deno.test("bench --plan --conv-kernel channels-last: every peak stays within its
 
 Deno.test("bench --conv-kernel tuned prints one line per measured choice, then the result", async () => {
   await testGpu();
-  // At k=2 channels-last takes the bottom level only for the forward and input gradient (c5.conv1's forward, 16 -> 32,
-  // and c5.conv2's input gradient), and the weight gradients from level 3 down but the up path's 8k -> 4k.
+  // At k=2 channels-last takes the forward and input gradient of levels 3 and 4 (the student has no discriminator),
+  // and the weight gradients from level 3 down but the up path's 8k -> 4k.
   const rows = await cli({
     mode: "pretrain",
     size: "32,32,32",
@@ -215,8 +225,16 @@ Deno.test("bench --conv-kernel tuned prints one line per measured choice, then t
   const tunes = rows.filter((r) => "tune" in r).map((r) => r.tune as Record<string, unknown>);
   const dw = tunes.filter((t) => String(t.conv).startsWith("weight_grad"));
   assert.deepEqual(tunes.filter((t) => !dw.includes(t)).map((t) => t.conv), [
+    "forward [1,8,4,4,4] -> 16, k3 s1 p1",
+    "forward [1,16,4,4,4] -> 16, k3 s1 p1",
     "forward [1,16,2,2,2] -> 32, k3 s1 p1",
+    "forward [1,32,2,2,2] -> 16, k3 s1 p1",
+    "forward [1,16,4,4,4] -> 8, k3 s1 p1",
+    "input_grad [1,16,4,4,4] -> 8, k3 s1 p1",
+    "input_grad [1,16,4,4,4] -> 16, k3 s1 p1",
     "input_grad [1,32,2,2,2] -> 16, k3 s1 p1",
+    "input_grad [1,16,2,2,2] -> 32, k3 s1 p1",
+    "input_grad [1,8,4,4,4] -> 16, k3 s1 p1",
   ]);
   assert.deepEqual(dw.map((t) => t.conv).sort(), [
     "weight_grad [1,16,2,2,2] -> 32, k3 s1 p1",

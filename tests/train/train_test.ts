@@ -135,15 +135,23 @@ Deno.test({
     } finally {
       setConvKernels(g, "gather");
     }
-    // At k = 2 channels-last takes the bottom level's 16 -> 32 forward and the 32 -> 16 input gradient (2^3 voxels),
-    // and the weight gradients of levels 3 and 4 but the up path's 8 -> 4 (in the backward's order).
+    // At k = 2 channels-last takes the forward and input gradient of levels 3 and 4 (8 or 16 of 16 channels in, 16 or
+    // 32 of 32 out), and their weight gradients but the up path's 8 -> 4 (in the step's order).
     const tunes = readJsonl(`${cfg.out}/log.jsonl`).filter((e) => e.event === "tune");
     assert.deepEqual(tunes.map((e) => [e.epoch, e.conv]), [
+      [1, "forward [1,8,4,4,4] -> 16, k3 s1 p1"],
+      [1, "forward [1,16,4,4,4] -> 16, k3 s1 p1"],
       [1, "forward [1,16,2,2,2] -> 32, k3 s1 p1"],
+      [1, "forward [1,32,2,2,2] -> 16, k3 s1 p1"],
+      [1, "forward [1,16,4,4,4] -> 8, k3 s1 p1"],
+      [1, "input_grad [1,16,4,4,4] -> 8, k3 s1 p1"],
+      [1, "input_grad [1,16,4,4,4] -> 16, k3 s1 p1"],
       [1, "weight_grad [1,16,4,4,4] -> 16, k3 s1 p1"],
       [1, "input_grad [1,32,2,2,2] -> 16, k3 s1 p1"],
       [1, "weight_grad [1,32,2,2,2] -> 16, k3 s1 p1"],
+      [1, "input_grad [1,16,2,2,2] -> 32, k3 s1 p1"],
       [1, "weight_grad [1,16,2,2,2] -> 32, k3 s1 p1"],
+      [1, "input_grad [1,8,4,4,4] -> 16, k3 s1 p1"],
       [1, "weight_grad [1,8,4,4,4] -> 16, k3 s1 p1"],
     ]);
     for (const e of tunes) assert.ok(e.variant === "gather" || e.variant === "channels-last");
