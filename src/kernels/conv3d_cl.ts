@@ -9,7 +9,8 @@
 // a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (space_to_depth.ts:
 // K = 8 Cin, N = Cout, T = 2, pad 0), as conv3d.ts runs it; and its input gradient, the transposed 2x2x2 convolution
 // (K = Cout, N = 8 Cin, T = 2, pad 1, taps reversed) giving the space-to-depth of dx, scattered back into dx
-// (DEPTH_TO_SPACE). K must be a multiple of 16 and N of 32.
+// (DEPTH_TO_SPACE). K is padded to a multiple of 16 with zero channels and N to a multiple of 32 (columns computed,
+// never stored), as long as CL_MIN_USE of the work stays real.
 //
 // Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] (NCDHW, as everywhere) are transposed around the
 // GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below; a stride-2 input gradient's result goes straight
@@ -46,7 +47,7 @@ export const CL_SPLIT = { workgroups: 512, minK: 256 };
 export type ClPass = "forward" | "input_grad";
 
 /**
- * The least share of the GEMM's work that may be padding: channel counts not a multiple of 16 (K) or 32 (N) are padded
+ * The least share of the GEMM's work that must be real: channel counts not a multiple of 16 (K) or 32 (N) are padded
  * with zero channels, and below this share of real ones (the student's 3 input channels: 3 of 16) the gather kernel
  * is the one to run.
  */
@@ -88,7 +89,9 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   while (nb >= 32 && (BK * BM + BK * nb) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged inputs and weights
   const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
   const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
-  const fits = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3].every((e) => e * 4 <= g.maxBinding);
+  // Each tensor is bound whole, and so are the reordered (padded) weights when one dispatch takes every block.
+  const whole = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3, p.taps ** 3 * p.k * p.n];
+  const fits = whole.every((e) => e * 4 <= g.maxBinding);
   // Scratch per slab: the source's slices (twice for a space-to-depth source: made, then transposed) and the result's
   // (of the blocks in one dispatch; with the reduction split, each split's partials and their sum).
   const [ihw, ohw, f] = [p.src[1] * p.src[2], p.out[1] * p.out[2], p.weights === 2 ? 2 : 1];
@@ -155,7 +158,7 @@ function gemmKernel(p: Plan, nb: number): Kernel {
     for (let j = 0; j < nv; j++) stores += ` Y[yb + o * ${nb / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
     stores += " } }\n";
   }
-  // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + 64i, channel quad t%4.
+  // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + (threads/4) i, channel quad t%4.
   let rows = "", loads = "";
   for (let i = 0; i < 1024 / threads; i++) {
     rows += `let v${i} = vb + t / 4u + ${(threads / 4) * i}u; let z${i} = i32(v${i} / ${oh * ow}u + u.z0); ` +
@@ -357,8 +360,8 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
   const xs = p.weights === 2 ? g.alloc(held * ihw * p.kReal * 4) : null;
   const sum = splits > 1 ? g.alloc(result * 4) : null;
   try {
-    // The source's padding channels, which the transposes in never write, meet zero weights; zeroed all the same, as
-    // WGSL leaves 0 x (a pooled buffer's Inf or NaN) to the implementation.
+    // The source's padding channels, which the transposes in never write, are zeroed: a pooled buffer's NaN or Inf
+    // there would survive their zero weights (0 x NaN).
     if (p.kReal < p.k) g.zero(st);
     for (let n0 = 0; n0 < p.n; n0 += p.nb) {
       const nb = Math.min(p.nb, p.n - n0), rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));

@@ -2,7 +2,7 @@
 // the 256-voxel tile), N=2, bias or none, 16 -> 32, 32 -> 64, 16 -> 128, 16 -> 160 (two output blocks of 128 and 32)
 // and 16 -> 256 channels (two blocks of 128 in one dispatch; the input gradient with them swapped), the 4x4x4 stride-2
 // forward over the space-to-depth, depth slabs; each with the taps split (these volumes make few workgroups) and
-// without; and its eligibility rule.
+// without; channel counts padded to multiples of 16 in and 32 out; and its eligibility rule.
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import {
@@ -167,6 +167,24 @@ Deno.test("conv3d channels-last pads channel counts: zero input channels to 16, 
   await check([1, 7, 8, 6, 10], 32, true, 2); // stride 2 (disc_1's 7 channels): K = 8 x 7 = 56 of 64
   await checkDx([1, 7, 8, 6, 10], 16, 2); // its input gradient: N = 56 of 64
   await checkDx([2, 5, 7, 6, 9], 16, 2); // N = 40 of 64
+  await check([1, 16, 3, 4, 5], 240, true); // N = 240 of 256: the padded block is the second of its dispatch
+  await checkDx([1, 30, 6, 4, 6], 16, 2); // N = 8 x 30 = 240 of 256, likewise
+  // The source's padding channels are zeroed, whatever the pool's buffer held before (NaN here: llvmpipe carries
+  // 0 x NaN through, so without the zeroing the result is NaN).
+  const g = await testGpu();
+  for (const [xs, stride] of [[[1, 5, 5, 6, 7], 1], [[1, 7, 8, 6, 10], 2]] as [number[], 1 | 2][]) {
+    await scope(async () => {
+      const k = stride === 2 ? 4 : 3, ws = [32, xs[1], k, k, k], s = K.conv3dShape(xs, ws, null, stride, 1);
+      const p = channelsLastPlan(g, s, "forward")!, held = Math.min(p.src[0], p.nz + p.taps - 1);
+      const xv = rand(xs.reduce((a, b) => a * b), 71), wv = rand(ws.reduce((a, b) => a * b), 72);
+      const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), y = Tensor.empty(g, [1, 32, s.od, s.oh, s.ow]);
+      const junk = g.alloc(held * p.src[1] * p.src[2] * p.k * 4); // the source scratch's size: the pool hands it back
+      g.write(junk, new Float32Array(junk.size / 4).fill(NaN));
+      g.free(junk);
+      conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, null, y.buffer);
+      assertClose((await readAll([y]))[0], K.conv3dRef(xv, wv, null, s), 1e-5, `NaN pool [${xs}] /${stride}`);
+    });
+  }
 });
 
 Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered binding): forward and dx", async () => {
@@ -222,6 +240,7 @@ Deno.test("conv3d channels-last: which passes it takes (3x3x3, 4x4x4 stride 2; a
   assert.ok(channelsLastTakes(g, shape(2, 16, 4, 2, 1), "input_grad")); // N = 8 x 2 = 16 of 32
   assert.ok(channelsLastTakes(g, shape(1, 16, 4, 2, 1), "input_grad")); // N = 8 of 32: a quarter
   assert.equal(channelsLastTakes(g, shape(32, 3), "input_grad"), false); // K = 3 of 16
+  assert.equal(channelsLastTakes(g, shape(7, 16), "forward"), false); // 7 of 16 in x 16 of 32 out: 22%
   // Too much padding (3 of 16 channels in, 1 of 32 out), or a kernel it does not take (1x1x1, 4x4x4 stride 1).
   for (const s of [shape(3, 32), shape(32, 1), shape(32, 32, 1, 1, 0), shape(32, 32, 4, 1, 1)]) {
     assert.equal(channelsLastTakes(g, s, "forward"), false, `[${s.cin} -> ${s.cout}, k${s.k}]`);
