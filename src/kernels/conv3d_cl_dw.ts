@@ -37,13 +37,20 @@ export interface DwPlan {
   nb: number; // columns (output channels) per block, a multiple of 32, at most 128
   rowTiles: number; // 256-row tiles of R = Cin k^3
   blocks: number; // column blocks
-  chunks: number; // chunks of output rows (split-K); 1: dw written directly
-  rowsPer: number; // output rows (n, od, oh) per chunk
+  planes: boolean; // the reduction's unit: output planes (n, od) of OH x OW voxels, or else rows (n, od, oh) of OW
+  chunks: number; // chunks of units (split-K); 1: dw written directly
+  unitsPer: number; // units per chunk
 }
 
 /** The plan for this convolution's weight gradient, or null when the GEMM does not take it. */
 export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
-  const r = s.cin * s.k ** 3, rows = s.n * s.od * s.oh, steps = Math.ceil(s.ow / BK);
+  // Steps of 16 voxels along OW waste the last one's tail: where that is over a fifth of a row (the deep levels, the
+  // discriminator's last convolutions: OW = 10 or 20 at full size), the steps run over whole planes instead, each
+  // voxel's (oh, ow) then found by a division by a constant.
+  const r = s.cin * s.k ** 3, planes = Math.ceil(s.ow / BK) * BK > 1.2 * s.ow;
+  const [units, steps] = planes
+    ? [s.n * s.od, Math.ceil((s.oh * s.ow) / BK)]
+    : [s.n * s.od * s.oh, Math.ceil(s.ow / BK)];
   let nb = 128;
   while (nb >= 32 && (BK * BM + BK * (nb + 4)) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged x and dy
   if (nb < 32) return null;
@@ -54,14 +61,14 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
   const tensors = [s.n * s.cin * s.d * s.h * s.w, s.n * s.cout * s.od * s.oh * s.ow].map((e) => e * 4);
   if (![...tensors, wBytes].every((b) => b <= g.maxBinding)) return null; // each bound whole
   if (rowTiles > g.maxWorkgroupsPerDim || blocks > g.maxWorkgroupsPerDim) return null;
-  const byWork = Math.floor(rows / Math.ceil(DW_MIN_STEPS / steps));
+  const byWork = Math.floor(units / Math.ceil(DW_MIN_STEPS / steps));
   const byMemory = Math.floor(Math.min(DW_PARTS, g.maxBinding) / wBytes);
   const wanted = Math.ceil(DW_WORKGROUPS / (rowTiles * blocks));
-  const rowsPer = Math.ceil(rows / Math.max(1, Math.min(wanted, byWork, byMemory, g.maxWorkgroupsPerDim)));
-  return { nb, rowTiles, blocks, chunks: Math.ceil(rows / rowsPer), rowsPer };
+  const unitsPer = Math.ceil(units / Math.max(1, Math.min(wanted, byWork, byMemory, g.maxWorkgroupsPerDim)));
+  return { nb, rowTiles, blocks, planes, chunks: Math.ceil(units / unitsPer), unitsPer };
 }
 
-function dwKernel(s: Conv3dShape, nb: number): Kernel {
+function dwKernel(s: Conv3dShape, nb: number, planes: boolean): Kernel {
   const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3;
   // 32 columns: 4 column groups of 2 vec4s (128 threads, 2 rows of As each), as the forward GEMM (gemmKernel).
   const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs, hs = BM / threads;
@@ -76,20 +83,32 @@ function dwKernel(s: Conv3dShape, nb: number): Kernel {
       k * k
     }u) % ${k}; let kh${e} = i32(row${e} / ${k}u) % ${k}; let kw${e} = i32(row${e} % ${k}u);
 `;
-    // ci >= Cin: a row past R, never stored, so it loads nothing.
-    rowSetup += `let iz${e} = i32(oz) * ${stride} - ${pad} + kd${e}; let iy${e} = i32(oy) * ${stride} - ${pad} + kh${e};
-    let ok${e} = ci${e} < ${cin}u && iz${e} >= 0 && iz${e} < ${d} && iy${e} >= 0 && iy${e} < ${h};
-    let xb${e} = ((i32(n * ${cin}u + ci${e}) * ${d} + iz${e}) * ${h} + iy${e}) * ${w};
+    // ci >= Cin: a row past R, never stored, so it loads nothing. A unit's x base: its row's (its plane's).
+    const iy = planes ? "" : `let iy${e} = i32(oy) * ${stride} - ${pad} + kh${e};`;
+    rowSetup += `let iz${e} = i32(oz) * ${stride} - ${pad} + kd${e}; ${iy}
+    let ok${e} = ci${e} < ${cin}u && iz${e} >= 0 && iz${e} < ${d}${planes ? "" : ` && iy${e} >= 0 && iy${e} < ${h}`};
+    let xb${e} = (i32(n * ${cin}u + ci${e}) * ${d} + iz${e}) * ${h * w}${planes ? "" : ` + iy${e} * ${w}`};
 `;
     for (let j = 0; j < BK; j++) {
-      loadA += `{ let ix = i32(ox0) * ${stride} - ${pad} + kw${e} + ${j * stride}; var a = 0.0;
-      if (ok${e} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + ix)]; } // past OW: dy's zeros mask it
+      // Past the unit's end: dy's zeros mask it.
+      loadA += planes
+        ? `{ let iy = oy${j} * ${stride} - ${pad} + kh${e}; let ix = ox${j} * ${stride} - ${pad} + kw${e}; var a = 0.0;
+      if (ok${e} && iy >= 0 && iy < ${h} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + iy * ${w} + ix)]; }
+      As[${j * 64}u + (t + ${e * threads}u) / 4u][t % 4u] = a; }\n`
+        : `{ let ix = i32(v0) * ${stride} - ${pad} + kw${e} + ${j * stride}; var a = 0.0;
+      if (ok${e} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + ix)]; }
       As[${j * 64}u + (t + ${e * threads}u) / 4u][t % 4u] = a; }\n`;
     }
   }
+  // In planes, the (oh, ow) of each of the step's 16 voxels, shared by the thread's rows.
+  let voxels = "";
+  for (let j = 0; planes && j < BK; j++) {
+    voxels += `let oy${j} = i32((v0 + ${j}u) / ${ow}u); let ox${j} = i32((v0 + ${j}u) % ${ow}u);\n`;
+  }
+  const len = planes ? oh * ow : ow; // voxels in a unit
   for (let q = 0; q < nb * BK / threads; q++) {
     loadB += `{ let c = t / 16u + ${(threads / 16) * q}u; var b = 0.0;
-      if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + ox0 + j]; }
+      if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + v0 + j]; }
       Bs[j * ${bRow}u + c / 4u][c % 4u] = b; }\n`;
   }
   for (let rr = 0; rr < 8; rr++) {
@@ -103,12 +122,12 @@ function dwKernel(s: Conv3dShape, nb: number): Kernel {
     stores += "} }\n";
   }
   return {
-    name: `conv3d_cl_dw_k${k}s${stride}p${pad}_${cin}x${cout}x${nb}_${d}x${h}x${w}`,
+    name: `conv3d_cl_dw_k${k}s${stride}p${pad}_${cin}x${cout}x${nb}_${d}x${h}x${w}${planes ? "_planes" : ""}`,
     wgsl: `
 @group(0) @binding(0) var<storage, read> X: array<f32>; // x [N][Cin][D][H][W]
 @group(0) @binding(1) var<storage, read> DY: array<f32>; // dy [N][Cout][OD][OH][OW]
 @group(0) @binding(2) var<storage, read_write> P: array<f32>; // partials [chunks][Cout][R], or dw
-struct U { rows: u32, rowsPer: u32, p0: u32, p1: u32 }
+struct U { units: u32, unitsPer: u32, p0: u32, p1: u32 }
 @group(0) @binding(3) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 voxels][256 rows]
 var<workgroup> Bs: array<vec4f, ${BK * bRow}>; // [16 voxels][NB + 4]
@@ -120,16 +139,18 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let cg = t % ${cgs}u;
   let j = t % 16u; // this thread's voxel of Bs
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
-  let q1 = min((wg.z + 1u) * u.rowsPer, u.rows);
-  for (var q = wg.z * u.rowsPer; q < q1; q++) { // output row (n, oz, oy)
-    let oy = q % ${oh}u;
-    let oz = (q / ${oh}u) % ${od}u;
-    let n = q / ${od * oh}u;
+  let q1 = min((wg.z + 1u) * u.unitsPer, u.units);
+  for (var q = wg.z * u.unitsPer; q < q1; q++) { // a unit: output plane (n, oz) or row (n, oz, oy)
+    ${
+      planes ? `let oz = q % ${od}u; let n = q / ${od}u;` : `let oy = q % ${oh}u; let oz = (q / ${oh}u) % ${od}u;
+    let n = q / ${od * oh}u;`
+    }
     ${rowSetup}
-    let yb = ((n * ${cout}u + cb) * ${od}u + oz) * ${oh * ow}u + oy * ${ow}u;
-    for (var ox0 = 0u; ox0 < ${ow}u; ox0 += ${BK}u) {
+    let yb = ((n * ${cout}u + cb) * ${od}u + oz) * ${oh * ow}u${planes ? "" : ` + oy * ${ow}u`};
+    for (var v0 = 0u; v0 < ${len}u; v0 += ${BK}u) { // the unit's voxels v0 ..
+      ${voxels}
       ${loadA}
-      let vok = ox0 + j < ${ow}u;
+      let vok = v0 + j < ${len}u;
       ${loadB}
       workgroupBarrier();
       ${inner}
@@ -155,18 +176,18 @@ export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUB
         `fill a quarter of a 256 x 32-128 tile)`,
     );
   }
-  const m = s.cout * s.cin * s.k ** 3, rows = s.n * s.od * s.oh;
+  const m = s.cout * s.cin * s.k ** 3, units = s.n * s.od * (p.planes ? 1 : s.oh);
   const parts = p.chunks > 1 ? g.alloc(p.chunks * m * 4) : null;
   try {
     const out = parts ?? dw;
     g.dispatch(
-      dwKernel(s, p.nb),
+      dwKernel(s, p.nb, p.planes),
       [
         { buffer: x, size: s.n * s.cin * s.d * s.h * s.w * 4 },
         { buffer: dy, size: s.n * s.cout * s.od * s.oh * s.ow * 4 },
         { buffer: out, size: p.chunks * m * 4 },
       ],
-      new Uint32Array([rows, p.rowsPer, 0, 0]),
+      new Uint32Array([units, p.unitsPer, 0, 0]),
       [p.rowTiles, p.blocks, p.chunks],
     );
     if (parts) sumParts(g, parts, dw, m, p.chunks);

@@ -1,7 +1,8 @@
-// The channels-last weight-gradient GEMM against the float64 reference: odd sizes (output rows not a multiple of the
-// 16-voxel step), N = 2, channel counts not a multiple of 4 (masked row and column tails), 3x3x3, 4x4x4 stride 2 and
-// 1x1x1; one chunk (dw written directly) and split-K chunks summed; two row tiles and two column blocks; partials
-// bounded by a lowered binding; and which shapes it declines (too big for a binding, or a mostly idle tile).
+// The channels-last weight-gradient GEMM against the float64 reference: odd sizes (output rows and planes not a
+// multiple of the 16-voxel step, reduced by rows or by planes), N = 2, channel counts not a multiple of 4 (masked row
+// and column tails), 3x3x3, 4x4x4 stride 2 and 1x1x1; one chunk (dw written directly) and split-K chunks summed; two
+// row tiles and two column blocks; partials bounded by a lowered binding; and which shapes it declines (too big for a
+// binding, or a mostly idle tile).
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import { conv3dBackwardWeightChannelsLast, dwGemmPlan, type DwPlan } from "../../src/kernels/conv3d_cl_dw.ts";
@@ -27,22 +28,26 @@ async function check(xs: number[], cout: number, k: number, stride: 1 | 2, pad: 
 }
 
 Deno.test("conv3d channels-last dw matches the reference: 3x3x3, odd sizes, N = 2, channels not a multiple of 4", async () => {
-  // 15 output rows of 7 voxels: fewer than 32 steps in all, so one chunk, written straight into dw.
-  assert.equal((await check([1, 4, 3, 5, 7], 32, 3, 1, 1)).chunks, 1);
-  // 84 rows of 9 voxels (one masked step each): split-K over several chunks; 33 output channels: columns masked.
-  const p = await check([2, 5, 7, 6, 9], 33, 3, 1, 1);
-  assert.ok(p.chunks > 1 && p.nb === 64 && p.blocks === 1, JSON.stringify(p));
-  // 77 rows of 7 voxels, at least 32 rows per chunk: chunks of 39 and 38 rows.
-  const partial = await check([1, 4, 7, 11, 7], 32, 3, 1, 1);
-  assert.deepEqual([partial.chunks, partial.rowsPer], [2, 39]);
+  // Rows of OW voxels in steps of 16 (OW = 14: the last step's 2 idle voxels are under a fifth of the row).
+  const p = await check([2, 5, 7, 6, 14], 33, 3, 1, 1); // 84 rows: split-K; 33 output channels: columns masked
+  assert.ok(!p.planes && p.chunks > 1 && p.nb === 64 && p.blocks === 1, JSON.stringify(p));
+  const partial = await check([1, 4, 7, 11, 16], 32, 3, 1, 1); // 77 rows, at least 32 per chunk: 39 and 38
+  assert.deepEqual([partial.planes, partial.chunks, partial.unitsPer], [false, 2, 39]);
+  // Planes of OH x OW voxels where rows would waste more (OW = 7: 9 of every 16).
+  const one = await check([1, 4, 3, 5, 7], 32, 3, 1, 1); // 3 planes of 35 voxels: one chunk, written into dw
+  assert.deepEqual([one.planes, one.chunks], [true, 1]);
+  const planes = await check([1, 4, 77, 3, 5], 32, 3, 1, 1); // 77 planes of one step, at least 32 per chunk
+  assert.deepEqual([planes.planes, planes.chunks, planes.unitsPer], [true, 2, 39]);
+  await check([2, 5, 7, 6, 9], 33, 3, 1, 1); // planes of 54 voxels (the last step masked), N = 2
   // R = 16 x 27 = 432 rows: two row tiles; 160 output channels: two column blocks of 96.
   const two = await check([2, 16, 5, 6, 20], 160, 3, 1, 1);
   assert.deepEqual([two.rowTiles, two.blocks, two.nb], [2, 2, 96]);
 });
 
 Deno.test("conv3d channels-last dw: 4x4x4 stride 2 (pad 1) and 1x1x1", async () => {
-  await check([1, 3, 8, 7, 9], 16, 4, 2, 1); // odd sizes: the last output row and column read padding
-  await check([2, 7, 9, 10, 11], 36, 4, 2, 1);
+  assert.ok((await check([1, 3, 8, 7, 9], 16, 4, 2, 1)).planes); // odd sizes: the last row and column read padding
+  assert.ok((await check([2, 7, 9, 10, 11], 36, 4, 2, 1)).planes);
+  assert.ok(!(await check([2, 3, 5, 4, 29], 16, 4, 2, 1)).planes); // rows of 14
   await check([1, 80, 4, 5, 6], 30, 1, 1, 0); // 80 rows x 30 columns of a 256 x 32 tile: 29% busy
 });
 
