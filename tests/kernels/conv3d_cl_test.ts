@@ -22,7 +22,7 @@ import { assertClose, rand, testGpu } from "../util.ts";
  * per split), then 1 wanted (a block per dispatch, no split).
  */
 async function withSplit(
-  f: () => Promise<void>,
+  f: () => void | Promise<void>,
   settings = [{ workgroups: 512, minK: 16 }, { workgroups: 1, minK: 16 }],
 ) {
   const saved = { ...CL_SPLIT };
@@ -79,11 +79,11 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
   await check([1, 256, 3, 4, 5], 256, true, 1, [{ ...CL_SPLIT }]);
   // 16 voxel groups, splits of at least 8 taps x 64 channels: 3 splits of 9 taps.
   const long = { workgroups: 512, minK: 512 };
-  await withSplit(async () => assert.deepEqual(plan([1, 64, 16, 16, 16], 32, 1), [1, 3]), [long]);
+  await withSplit(() => assert.deepEqual(plan([1, 64, 16, 16, 16], 32, 1), [1, 3]), [long]);
   await check([1, 64, 16, 16, 16], 32, false, 1, [long]);
   // 2 wanted: 384 channels in blocks of 2 and then 1, no split (1 voxel group x 2 blocks).
   const two = { workgroups: 2, minK: 16 };
-  await withSplit(async () => {
+  await withSplit(() => {
     assert.deepEqual(plan([1, 16, 3, 4, 5], 384, 1), [2, 1]);
     // 3 weight reorders, the transpose in, 2 GEMMs, 3 transposes out.
     const s = K.conv3dShape([1, 16, 3, 4, 5], [384, 16, 3, 3, 3], null, 1, 1);
@@ -100,7 +100,7 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
   // split leave room for 5 splits and their sum (of 5 or 6 taps).
   g.setMaxBindingForTests(56 * 1024);
   try {
-    await withSplit(async () => assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 5]), [{
+    await withSplit(() => assert.deepEqual(plan([1, 16, 3, 4, 5], 32, 1), [1, 5]), [{
       workgroups: 512,
       minK: 16,
     }]);
@@ -218,7 +218,7 @@ Deno.test("conv3d channels-last in depth slabs (scratch bounded by a lowered bin
     // last slab's partials lie closer together than a full one's).
     g.setMaxBindingForTests(144 * 1024);
     const short = { workgroups: 512, minK: 16 };
-    await withSplit(async () => {
+    await withSplit(() => {
       const p = channelsLastPlan(g, K.conv3dShape([1, 16, 12, 6, 8], [32, 16, 4, 4, 4], null, 2, 1), "forward")!;
       assert.deepEqual([p.nz, p.out[0], p.splits], [5, 6, 2]);
     }, [short]);
