@@ -92,17 +92,28 @@ export function convBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPU
   else conv3dBackwardWeight(g, s, x, dy, dw);
 }
 
-/** One measured choice: milliseconds per call of each variant (median) and the one kept. */
+/**
+ * One measured choice: milliseconds per call of each variant (median), the calls each timed sample ran before its sync
+ * (gather, channels-last), and the one kept.
+ */
 export interface ConvChoice {
   conv: string;
   gather_ms: number;
   channels_last_ms: number;
+  reps: [number, number];
   variant: ConvVariant;
 }
 
 /**
- * In tuned mode, times both variants of every eligible shape seen since the last call (one untimed call each, then
- * the median of `iters`, each call followed by gpu.sync()) on scratch buffers, and keeps the faster. Call it between
+ * A timed sample spans at least about this long (up to TUNE_REPS calls before its sync): a sync through Deno costs
+ * 10 ms or more, which would swamp a kernel of a few milliseconds.
+ */
+const TUNE_MS = 20, TUNE_REPS = 16;
+
+/**
+ * In tuned mode, times both variants of every eligible shape seen since the last call on scratch buffers, and keeps
+ * the faster. Each variant: one untimed call (it compiles the pipelines), one call and sync timed to choose how many
+ * calls each sample runs before its sync (TUNE_MS), then the median of `iters` samples, per call. Call it between
  * steps; it returns what it measured (nothing in the other modes).
  */
 export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
@@ -119,15 +130,19 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
       else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, x, y, w);
     };
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
+    const reps: [number, number] = [1, 1];
+    const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call
+      const t0 = performance.now();
+      for (let i = 0; i < calls; i++) run(v);
+      await g.sync();
+      return (performance.now() - t0) / calls;
+    };
     try {
-      for (const v of ["gather", "channels-last"] as const) {
+      for (const [i, v] of (["gather", "channels-last"] as const).entries()) {
+        await sample(v, 1);
+        reps[i] = Math.min(TUNE_REPS, Math.ceil(TUNE_MS / await sample(v, 1)));
         const times = [];
-        for (let i = 0; i <= iters; i++) {
-          const t0 = performance.now();
-          run(v);
-          await g.sync();
-          if (i > 0) times.push(performance.now() - t0);
-        }
+        for (let j = 0; j < iters; j++) times.push(await sample(v, reps[i]));
         ms[v] = median(times);
       }
     } finally {
@@ -135,7 +150,7 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
     }
     const variant = ms["channels-last"] < ms.gather ? "channels-last" : "gather";
     t.chosen.set(k, variant);
-    out.push({ conv: k, gather_ms: ms.gather, channels_last_ms: ms["channels-last"], variant });
+    out.push({ conv: k, gather_ms: ms.gather, channels_last_ms: ms["channels-last"], reps, variant });
   }
   t.pending.clear();
   return out;

@@ -77,16 +77,19 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     await convOp(g, [1, 6, 4, 5, 6], 32); // forward eligible (6 of 16 channels in), input gradient not (6 of 32 out)
     await convOp(g, [1, 3, 4, 5, 6], 8); // not eligible at all
     assert.equal(convVariant(g, s, "forward"), "gather"); // until timed
-    // Each kernel's dispatches for one forward of that shape: tuning runs each twice (untimed, then timed).
+    // Each kernel's dispatches for one forward of that shape: tuning runs each twice (untimed, then to choose how many
+    // calls a sample makes), then its one sample of that many calls.
     const per = (f: typeof K.conv3dForward) => {
       const [x, w, y] = [6 * 120, 32 * 6 * 27, 32 * 120].map((n) => g.alloc(n * 4)), d0 = g.dispatches;
       f(g, s, x, w, null, y);
       for (const b of [x, w, y]) g.free(b);
       return g.dispatches - d0;
     };
-    const expected = 2 * per(K.conv3dForward) + 2 * per(conv3dForwardChannelsLast), d0 = g.dispatches;
+    const [gather, cl] = [per(K.conv3dForward), per(conv3dForwardChannelsLast)], d0 = g.dispatches;
     const choices = await tuneConvs(g, 1);
-    assert.equal(g.dispatches - d0, expected); // both kernels ran
+    const [rg, rc] = choices[0].reps;
+    assert.ok(rg >= 1 && rg <= 16 && rc >= 1 && rc <= 16, `${choices[0].reps}`);
+    assert.equal(g.dispatches - d0, (2 + rg) * gather + (2 + rc) * cl); // both kernels ran
     assert.deepEqual(choices.map((c) => c.conv), ["forward [1,6,4,5,6] -> 32, k3 s1 p1"]);
     const [c] = choices;
     assert.ok(c.gather_ms > 0 && c.channels_last_ms > 0);
