@@ -24,6 +24,10 @@ import type { Gpu, Kernel } from "./device.ts";
 const DW_WORKGROUPS = 1024;
 /** The fewest 16-voxel steps per chunk: fewer would leave a workgroup mostly storing partials. */
 const DW_MIN_STEPS = 32;
+/** Workgroups a large GPU runs at once, about (an H100: 132 SMs, one or two of these each): what parallelism buys. */
+const DW_CONCURRENT = 256;
+/** Tests set `unit` to run one reduction unit whatever the plan's score says. */
+export const DW_UNIT: { unit: "rows" | "planes" | null } = { unit: null };
 /** The most partials held at once. */
 const DW_PARTS = 256 * 2 ** 20;
 /**
@@ -38,19 +42,14 @@ export interface DwPlan {
   rowTiles: number; // 256-row tiles of R = Cin k^3
   blocks: number; // column blocks
   planes: boolean; // the reduction's unit: output planes (n, od) of OH x OW voxels, or else rows (n, od, oh) of OW
+  units: number; // units in all
   chunks: number; // chunks of units (split-K); 1: dw written directly
   unitsPer: number; // units per chunk
 }
 
 /** The plan for this convolution's weight gradient, or null when the GEMM does not take it. */
 export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
-  // Steps of 16 voxels along OW waste the last one's tail: where that is over a fifth of a row (the deep levels, the
-  // discriminator's last convolutions: OW = 10 or 20 at full size), the steps run over whole planes instead, each
-  // voxel's (oh, ow) then found by a division by a constant.
-  const r = s.cin * s.k ** 3, planes = Math.ceil(s.ow / BK) * BK > 1.2 * s.ow;
-  const [units, steps] = planes
-    ? [s.n * s.od, Math.ceil((s.oh * s.ow) / BK)]
-    : [s.n * s.od * s.oh, Math.ceil(s.ow / BK)];
+  const r = s.cin * s.k ** 3;
   let nb = 128;
   while (nb >= 32 && (BK * BM + BK * (nb + 4)) * 4 > g.maxWorkgroupStorage) nb -= 32; // staged x and dy
   if (nb < 32) return null;
@@ -61,11 +60,27 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
   const tensors = [s.n * s.cin * s.d * s.h * s.w, s.n * s.cout * s.od * s.oh * s.ow].map((e) => e * 4);
   if (![...tensors, wBytes].every((b) => b <= g.maxBinding)) return null; // each bound whole
   if (rowTiles > g.maxWorkgroupsPerDim || blocks > g.maxWorkgroupsPerDim) return null;
-  const byWork = Math.floor(units / Math.ceil(DW_MIN_STEPS / steps));
   const byMemory = Math.floor(Math.min(DW_PARTS, g.maxBinding) / wBytes);
   const wanted = Math.ceil(DW_WORKGROUPS / (rowTiles * blocks));
-  const unitsPer = Math.ceil(units / Math.max(1, Math.min(wanted, byWork, byMemory, g.maxWorkgroupsPerDim)));
-  return { nb, rowTiles, blocks, planes, chunks: Math.ceil(units / unitsPer), unitsPer };
+  // The reduction's unit. Steps of 16 voxels along OW waste the last one's tail, most of a short row (OW = 10 or 20
+  // at full size: the deep levels, the discriminator's last convolutions); steps over whole planes waste little (each
+  // voxel's (oh, ow) is then a division by a constant) but a plane cannot be split, so there are fewer chunks to
+  // spread. Each is scored by its useful share of the steps x the workgroups a GPU can run at once; the better wins,
+  // and on a tie (neither reaches DW_CONCURRENT: the same useful work either way) the one with less waste, then rows.
+  const unit = (planes: boolean) => {
+    const [units, len] = planes ? [s.n * s.od, s.oh * s.ow] : [s.n * s.od * s.oh, s.ow];
+    const steps = Math.ceil(len / BK), byWork = Math.floor(units / Math.ceil(DW_MIN_STEPS / steps));
+    const unitsPer = Math.ceil(units / Math.max(1, Math.min(wanted, byWork, byMemory, g.maxWorkgroupsPerDim)));
+    const chunks = Math.ceil(units / unitsPer);
+    const use = len / (steps * BK), score = use * Math.min(chunks * rowTiles * blocks, DW_CONCURRENT);
+    return { planes, units, chunks, unitsPer, score, use };
+  };
+  const [rows, planes] = [unit(false), unit(true)];
+  const better = Math.abs(planes.score - rows.score) > 0.01 * rows.score
+    ? planes.score > rows.score
+    : planes.use > rows.use;
+  const { score: _s, use: _u, ...u } = (DW_UNIT.unit ?? (better ? "planes" : "rows")) === "planes" ? planes : rows;
+  return { nb, rowTiles, blocks, ...u };
 }
 
 function dwKernel(s: Conv3dShape, nb: number, planes: boolean): Kernel {
@@ -176,7 +191,7 @@ export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUB
         `fill a quarter of a 256 x 32-128 tile)`,
     );
   }
-  const m = s.cout * s.cin * s.k ** 3, units = s.n * s.od * (p.planes ? 1 : s.oh);
+  const m = s.cout * s.cin * s.k ** 3;
   const parts = p.chunks > 1 ? g.alloc(p.chunks * m * 4) : null;
   try {
     const out = parts ?? dw;
@@ -187,7 +202,7 @@ export function conv3dBackwardWeightChannelsLast(g: Gpu, s: Conv3dShape, x: GPUB
         { buffer: dy, size: s.n * s.cout * s.od * s.oh * s.ow * 4 },
         { buffer: out, size: p.chunks * m * 4 },
       ],
-      new Uint32Array([units, p.unitsPer, 0, 0]),
+      new Uint32Array([p.units, p.unitsPer, 0, 0]),
       [p.rowTiles, p.blocks, p.chunks],
     );
     if (parts) sumParts(g, parts, dw, m, p.chunks);

@@ -93,33 +93,45 @@ export function convBackwardWeight(g: Gpu, s: Conv3dShape, x: GPUBuffer, dy: GPU
 }
 
 /**
- * One measured choice: milliseconds per call of each variant (median), the calls each timed sample ran before its sync
- * (gather, channels-last), and the one kept.
+ * One measured choice: milliseconds per call of each variant (median, an empty sync's cost taken off), the calls each
+ * timed sample ran before its sync, and the one kept.
  */
 export interface ConvChoice {
   conv: string;
   gather_ms: number;
   channels_last_ms: number;
-  reps: [number, number];
+  reps: number;
   variant: ConvVariant;
 }
 
 /**
- * A timed sample spans at least about this long (up to TUNE_REPS calls before its sync): a sync through Deno costs
+ * A timed sample runs calls for at least about TUNE_MS before its sync (up to TUNE_REPS): a sync through Deno costs
  * 10 ms or more, which would swamp a kernel of a few milliseconds.
  */
 const TUNE_MS = 20, TUNE_REPS = 16;
 
+/** Calls per timed sample for a kernel of about `ms` milliseconds per call (its sync's cost taken off). */
+export function tuneReps(ms: number): number {
+  return ms <= 0 ? TUNE_REPS : Math.min(TUNE_REPS, Math.max(1, Math.ceil(TUNE_MS / ms)));
+}
+
 /**
  * In tuned mode, times both variants of every eligible shape seen since the last call on scratch buffers, and keeps
- * the faster. Each variant: one untimed call (it compiles the pipelines), one call and sync timed to choose how many
- * calls each sample runs before its sync (TUNE_MS), then the median of `iters` samples, per call. Call it between
- * steps; it returns what it measured (nothing in the other modes).
+ * the faster. Each variant runs one untimed call (it compiles the pipelines) and one timed call; the faster's time,
+ * less an empty sync's, sets the calls per sample for both (tuneReps); then each takes the median of `iters` samples,
+ * per call, the sync's cost taken off. Call it between steps; it returns what it measured (nothing in other modes).
  */
 export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   const t = table(g), out: ConvChoice[] = [];
   if (t.mode !== "tuned" || !t.pending.size) return out;
   await g.sync(); // the step's own work must not count against the first variant timed
+  const syncs = [];
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    await g.sync();
+    syncs.push(performance.now() - t0);
+  }
+  const syncMs = median(syncs); // an empty sync's fixed cost
   for (const [k, { s, pass }] of t.pending) {
     const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
     const [x, w, b, y] = [s.cin * vin, s.cout * s.cin * s.k ** 3, s.cout, s.cout * vout].map((n) => g.alloc(n * 4));
@@ -130,19 +142,24 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
       else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, x, y, w);
     };
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
-    const reps: [number, number] = [1, 1];
-    const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call
+    const variants = ["gather", "channels-last"] as const;
+    const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call, the sync's cost taken off
       const t0 = performance.now();
       for (let i = 0; i < calls; i++) run(v);
       await g.sync();
-      return (performance.now() - t0) / calls;
+      return (performance.now() - t0 - syncMs) / calls;
     };
+    let reps = 1;
     try {
-      for (const [i, v] of (["gather", "channels-last"] as const).entries()) {
+      const probes = [];
+      for (const v of variants) {
         await sample(v, 1);
-        reps[i] = Math.min(TUNE_REPS, Math.ceil(TUNE_MS / await sample(v, 1)));
+        probes.push(await sample(v, 1));
+      }
+      reps = tuneReps(Math.min(...probes));
+      for (const v of variants) {
         const times = [];
-        for (let j = 0; j < iters; j++) times.push(await sample(v, reps[i]));
+        for (let j = 0; j < iters; j++) times.push(await sample(v, reps));
         ms[v] = median(times);
       }
     } finally {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import { conv3dForwardChannelsLast } from "../../src/kernels/conv3d_cl.ts";
-import { convVariant, setConvKernels, tuneConvs } from "../../src/kernels/conv_select.ts";
+import { convVariant, setConvKernels, tuneConvs, tuneReps } from "../../src/kernels/conv_select.ts";
 import type { Gpu } from "../../src/kernels/device.ts";
 import { conv3d } from "../../src/nn/ops/conv.ts";
 import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
@@ -77,8 +77,8 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     await convOp(g, [1, 6, 4, 5, 6], 32); // forward eligible (6 of 16 channels in), input gradient not (6 of 32 out)
     await convOp(g, [1, 3, 4, 5, 6], 8); // not eligible at all
     assert.equal(convVariant(g, s, "forward"), "gather"); // until timed
-    // Each kernel's dispatches for one forward of that shape: tuning runs each twice (untimed, then to choose how many
-    // calls a sample makes), then its one sample of that many calls.
+    // Each kernel's dispatches for one forward of that shape: tuning runs each twice (untimed, then timed to choose how
+    // many calls a sample makes), then its one sample of that many calls.
     const per = (f: typeof K.conv3dForward) => {
       const [x, w, y] = [6 * 120, 32 * 6 * 27, 32 * 120].map((n) => g.alloc(n * 4)), d0 = g.dispatches;
       f(g, s, x, w, null, y);
@@ -87,9 +87,9 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     };
     const [gather, cl] = [per(K.conv3dForward), per(conv3dForwardChannelsLast)], d0 = g.dispatches;
     const choices = await tuneConvs(g, 1);
-    const [rg, rc] = choices[0].reps;
-    assert.ok(rg >= 1 && rg <= 16 && rc >= 1 && rc <= 16, `${choices[0].reps}`);
-    assert.equal(g.dispatches - d0, (2 + rg) * gather + (2 + rc) * cl); // both kernels ran
+    const reps = choices[0].reps;
+    assert.ok(reps >= 1 && reps <= 16, `${reps}`);
+    assert.equal(g.dispatches - d0, (2 + reps) * (gather + cl)); // both kernels ran
     assert.deepEqual(choices.map((c) => c.conv), ["forward [1,6,4,5,6] -> 32, k3 s1 p1"]);
     const [c] = choices;
     assert.ok(c.gather_ms > 0 && c.channels_last_ms > 0);
@@ -108,4 +108,8 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
   } finally {
     setConvKernels(g, "gather");
   }
+});
+
+Deno.test("tuning samples run enough calls before their sync to span about 20 ms, 1 to 16", () => {
+  assert.deepEqual([25, 20, 5, 3, 1, 0.5, 0, -2].map(tuneReps), [1, 1, 4, 7, 16, 16, 16, 16]);
 });
