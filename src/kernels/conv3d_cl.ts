@@ -123,11 +123,12 @@ export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean
  * As [16][256] and Bs [16][NB] in workgroup memory (vec4s; 16 steps of the reduction), thread t of 32 cgs (rg = t /
  * cgs, cg = t % cgs) accumulating rows 8 rg .. 8 rg + 7 x columns 4 (cg nv + j) .. + 3 (nv = NB / 4 cgs) in named
  * vec4s c{row}_{j}, unrolled (wgpu bounds-checks indexed arrays). Bs's rows are `bRow` vec4s apart (NB / 4 unless
- * padded). Both GEMMs take cgs = 4 for NB = 32 (128 threads of 8 x 8: on llvmpipe 13% faster than 256 of 8 x 4 for a
- * 32 -> 32 forward, and the 64 accumulators per thread with which the issue's H100 probe ran fastest), else 8.
+ * padded). cgs is 4 for NB = 32 (128 threads of 8 x 8: on llvmpipe 13% faster than 256 of 8 x 4 for a 32 -> 32
+ * forward, and the 64 accumulators per thread with which the issue's H100 probe ran fastest), else 8; the tile says
+ * how many threads (32 cgs) its workgroup has.
  */
-export function registerTile(nb: number, bRow = nb / 4, cgs = 8): { acc: string[]; inner: string } {
-  const nv = nb / (4 * cgs), acc: string[] = [];
+export function registerTile(nb: number, bRow = nb / 4) {
+  const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs, acc: string[] = [];
   for (let r = 0; r < 8; r++) for (let j = 0; j < nv; j++) acc.push(`c${r}_${j}`);
   let inner = "";
   for (let kk = 0; kk < BK; kk++) {
@@ -140,7 +141,7 @@ export function registerTile(nb: number, bRow = nb / 4, cgs = 8): { acc: string[
     }
     inner += "}\n";
   }
-  return { acc, inner };
+  return { acc, inner, cgs, nv, threads };
 }
 
 /**
@@ -150,8 +151,7 @@ export function registerTile(nb: number, bRow = nb / 4, cgs = 8): { acc: string[
  */
 function gemmKernel(p: Plan, nb: number): Kernel {
   const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
-  const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs;
-  const { acc, inner } = registerTile(nb, nb / 4, cgs);
+  const { acc, inner, cgs, nv, threads } = registerTile(nb);
   let stores = "";
   for (let r = 0; r < 8; r++) {
     stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
@@ -348,7 +348,7 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
     );
   }
   const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
-  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1), splits = p.splits;
+  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1), { splits } = p;
   // Dispatches of bpd blocks of NB channels, and one for a narrower last block.
   const groups: { n0: number; nb: number; count: number }[] = [];
   for (let n0 = 0; n0 + p.nb <= p.n; n0 += p.bpd * p.nb) {
@@ -381,7 +381,7 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         const vgroups = Math.ceil(nvox / BM), gx = Math.min(vgroups, g.maxWorkgroupsPerDim);
         for (const { n0, nb, count } of groups) {
           const size = count * nvox * nb; // one split's result: [count][V][NB]
-          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, p.splits, count, 0]);
+          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, splits, count, 0]);
           const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
           const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: splits * size * 4 }];
           g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(vgroups / gx), count * splits]);

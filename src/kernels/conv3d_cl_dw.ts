@@ -85,11 +85,9 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
 
 function dwKernel(s: Conv3dShape, nb: number, planes: boolean): Kernel {
   const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3;
-  // 32 columns: 4 column groups of 2 vec4s (128 threads, 2 rows of As each), as the forward GEMM (gemmKernel).
-  const cgs = nb === 32 ? 4 : 8, nv = nb / (4 * cgs), threads = 32 * cgs, hs = BM / threads;
   // Bs's rows padded by a vec4: the 16 voxels a B store writes at once would otherwise share one memory bank on GPUs.
-  const bRow = nb / 4 + 1;
-  const { acc, inner } = registerTile(nb, bRow, cgs);
+  // With 128 threads (32 columns), each stages 2 rows of As.
+  const bRow = nb / 4 + 1, { acc, inner, cgs, nv, threads } = registerTile(nb, bRow), hs = BM / threads;
   let decode = "", rowSetup = "", loadA = "", loadB = "", stores = "";
   for (let e = 0; e < hs; e++) {
     // Row t + e * threads of As: (ci, kd, kh, kw), decoded once.
