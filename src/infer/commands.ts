@@ -109,13 +109,10 @@ export const inferCommands: Record<string, Command> = {
         ids = isFile ? await readIdList(s) : s.split(",").map((x) => x.trim()).filter((x) => x !== "");
         if (!ids.length) throw new UsageError(`--ids ${s}: no ids`);
       }
-      const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
+      const { CONV_KERNELS, f16Conflict } = await import("../kernels/conv_select.ts");
       const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS);
-      if (v.f16 === true && (convKernels ?? "gather") !== "gather") {
-        throw new UsageError(
-          `--conv-kernel ${convKernels} does not combine with --f16 (channels-last runs in f32 only)`,
-        );
-      }
+      const conflict = v.f16 === true ? f16Conflict(convKernels) : null;
+      if (conflict) throw new UsageError(conflict);
       const { gpu } = await import("../kernels/device.ts");
       const { runInference } = await import("./infer.ts");
       const summary = await runInference(await gpu(), {

@@ -19,7 +19,7 @@
 // running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
 // map stays the eval-mode one whatever the uncertainty mode.
 
-import { type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
+import { type ConvKernels, f16Conflict, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { discoverSubjects, type Key, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
   gradeDir,
@@ -474,9 +474,8 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (o.f16 && !g.features.has("shader-f16")) {
     throw new Error(`--f16 needs the adapter's shader-f16 feature, which ${g.adapterName} lacks`);
   }
-  if (o.f16 && (o.convKernels ?? "gather") !== "gather") {
-    throw new Error(`--conv-kernel ${o.convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
-  }
+  const conflict = o.f16 ? f16Conflict(o.convKernels) : null;
+  if (conflict) throw new Error(conflict);
   setConvKernels(g, o.convKernels ?? "gather");
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
   const semantics = await loadSemantics(o.semantics);

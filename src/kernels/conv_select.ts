@@ -44,6 +44,13 @@ function table(g: Gpu): Table {
 const key = (s: Conv3dShape, pass: ConvPass) =>
   `${pass} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
 
+/** Why this mode cannot run with f16 storage (channels-last runs in f32 only), or null when it can. */
+export function f16Conflict(mode: ConvKernels | undefined): string | null {
+  return mode && mode !== "gather"
+    ? `--conv-kernel ${mode} does not combine with --f16 (channels-last runs in f32 only)`
+    : null;
+}
+
 /** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
 export function setConvKernels(g: Gpu, mode: ConvKernels) {
   table(g).mode = mode;

@@ -14,7 +14,7 @@ import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, UsageError } from ".
 import * as K from "../kernels/conv3d.ts";
 import { channelsLastTakes, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
 import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "../kernels/conv3d_cl_dw.ts";
-import { CONV_KERNELS, type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
+import { CONV_KERNELS, type ConvKernels, f16Conflict, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
 import { median, Profiler } from "../kernels/profile.ts";
@@ -168,9 +168,8 @@ export async function runBench(
   if (o.convKernels && o.convKernels !== "gather" && o.mode === "conv") {
     throw new UsageError("--conv-kernel applies to --mode infer, pretrain and hadnet (--mode conv times every kernel)");
   }
-  if (o.f16 && o.convKernels && o.convKernels !== "gather") {
-    throw new UsageError(`--conv-kernel ${o.convKernels} does not combine with --f16 (channels-last runs in f32 only)`);
-  }
+  const conflict = o.f16 ? f16Conflict(o.convKernels) : null;
+  if (conflict) throw new UsageError(conflict);
   if (o.convKernels === "tuned" && o.plan) {
     throw new UsageError("--plan runs no kernel, so it cannot time them to tune");
   }
