@@ -23,6 +23,7 @@ import type { Gpu, Storage } from "./device.ts";
 import { median } from "./profile.ts";
 
 export type ConvPass = ClPass | "weight_grad";
+export const CONV_PASSES: readonly ConvPass[] = ["forward", "input_grad", "weight_grad"];
 export type ConvVariant = "gather" | "channels-last";
 export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
 export type ConvKernels = typeof CONV_KERNELS[number];
@@ -58,14 +59,14 @@ export function setConvKernels(g: Gpu, mode: ConvKernels) {
 }
 
 /** Whether a channels-last kernel takes this pass of this convolution. */
-function eligible(g: Gpu, s: Conv3dShape, pass: ConvPass): boolean {
+export function channelsLastApplies(g: Gpu, s: Conv3dShape, pass: ConvPass): boolean {
   return pass === "weight_grad" ? dwGemmPlan(g, s) !== null : channelsLastTakes(g, s, pass);
 }
 
 /** The variant a pass of this shape runs now. */
 export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass): ConvVariant {
   const t = table(g);
-  if (t.mode === "gather" || !eligible(g, s, pass)) return "gather";
+  if (t.mode === "gather" || !channelsLastApplies(g, s, pass)) return "gather";
   if (t.mode === "channels-last") return "channels-last";
   const k = key(s, pass), v = t.chosen.get(k);
   if (!v) t.pending.set(k, { s, pass });
@@ -85,6 +86,24 @@ export function convForward(
   const f32 = types[0] === "f32" && types[1] === "f32";
   if (f32 && convVariant(g, s, "forward") === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y);
   else conv3dForward(g, s, x, w, b, y, types);
+}
+
+/** Buffers for every pass of one convolution: y is also the gradients' dy. */
+export interface ConvBuffers {
+  x: GPUBuffer;
+  w: GPUBuffer;
+  b: GPUBuffer | null;
+  y: GPUBuffer;
+  dx: GPUBuffer;
+  dw: GPUBuffer;
+}
+
+/** One pass with the given variant (f32): forward (x, w, b) -> y, input_grad (y, w) -> dx, weight_grad (x, y) -> dw. */
+export function runConvPass(g: Gpu, s: Conv3dShape, pass: ConvPass, v: ConvVariant, t: ConvBuffers) {
+  const cl = v === "channels-last";
+  if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, t.x, t.w, t.b, t.y);
+  else if (pass === "input_grad") (cl ? conv3dBackwardInputChannelsLast : conv3dBackwardInput)(g, s, t.y, t.w, t.dx);
+  else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, t.x, t.y, t.dw);
 }
 
 /** dx (assigned) from dy and w with the chosen kernel (see conv3dBackwardInput). */
@@ -142,12 +161,7 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   for (const [k, { s, pass }] of t.pending) {
     const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
     const [x, w, b, y] = [s.cin * vin, s.cout * s.cin * s.k ** 3, s.cout, s.cout * vout].map((n) => g.alloc(n * 4));
-    const run = (v: ConvVariant) => { // x doubles as dx, y as dy and w as dw
-      const cl = v === "channels-last";
-      if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, x, w, b, y);
-      else if (pass === "input_grad") (cl ? conv3dBackwardInputChannelsLast : conv3dBackwardInput)(g, s, y, w, x);
-      else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, x, y, w);
-    };
+    const run = (v: ConvVariant) => runConvPass(g, s, pass, v, { x, w, b, y, dx: x, dw: w }); // x as dx, w as dw
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
     const variants = ["gather", "channels-last"] as const;
     const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call, the sync's cost taken off

@@ -12,9 +12,16 @@
 
 import { choiceOpt, type Command, CONV_KERNEL_HELP, intOpt, UsageError } from "../command.ts";
 import * as K from "../kernels/conv3d.ts";
-import { channelsLastTakes, conv3dBackwardInputChannelsLast, conv3dForwardChannelsLast } from "../kernels/conv3d_cl.ts";
-import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "../kernels/conv3d_cl_dw.ts";
-import { CONV_KERNELS, type ConvKernels, f16Conflict, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
+import {
+  channelsLastApplies,
+  CONV_KERNELS,
+  CONV_PASSES,
+  type ConvKernels,
+  f16Conflict,
+  runConvPass,
+  setConvKernels,
+  tuneConvs,
+} from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
 import { median, Profiler } from "../kernels/profile.ts";
@@ -250,29 +257,18 @@ async function benchMode(
         const dx = Tensor.empty(g, xs), dw = Tensor.empty(g, ws);
         K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer); // y doubles as dy for the gradients
         const flop = 2 * c.cout * c.cin * c.kernel ** 3 * s.od * s.oh * s.ow;
-        const passes: [string, string, () => void][] = [
-          ["forward", "gather", () => K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer)],
-          ["input_grad", "gather", () => K.conv3dBackwardInput(g, s, y.buffer, w.buffer, dx.buffer)],
-          ["weight_grad", "split-k", () => K.conv3dBackwardWeight(g, s, x.buffer, y.buffer, dw.buffer)],
-        ];
-        // The channels-last candidates (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts), timed beside the gather kernel
-        // where they apply.
-        if (channelsLastTakes(g, s, "forward")) {
-          const fn = () => conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, b.buffer, y.buffer);
-          passes.splice(1, 0, ["forward", "channels-last", fn]);
-        }
-        if (channelsLastTakes(g, s, "input_grad")) {
-          const fn = () => conv3dBackwardInputChannelsLast(g, s, y.buffer, w.buffer, dx.buffer);
-          passes.splice(passes.length - 1, 0, ["input_grad", "channels-last", fn]);
-        }
-        if (dwGemmPlan(g, s)) {
-          const fn = () => conv3dBackwardWeightChannelsLast(g, s, x.buffer, y.buffer, dw.buffer);
-          passes.push(["weight_grad", "channels-last", fn]);
-        }
+        const bufs = { x: x.buffer, w: w.buffer, b: b.buffer, y: y.buffer, dx: dx.buffer, dw: dw.buffer };
         const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
-        for (const [pass, variant, fn] of passes) {
-          g.resetPeak();
-          report(await time(g, o, fn, profiler), { conv: c.name, shape, pass, variant }, flop);
+        // Each pass with the gather kernel (the weight gradient's is split-K), then with the channels-last one
+        // (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts) where it applies.
+        for (const pass of CONV_PASSES) {
+          for (const v of ["gather", "channels-last"] as const) {
+            if (v === "channels-last" && !channelsLastApplies(g, s, pass)) continue;
+            const variant = v === "gather" && pass === "weight_grad" ? "split-k" : v;
+            g.resetPeak();
+            const fn = () => runConvPass(g, s, pass, v, bufs);
+            report(await time(g, o, fn, profiler), { conv: c.name, shape, pass, variant }, flop);
+          }
         }
       });
     }
