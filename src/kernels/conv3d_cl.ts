@@ -1,41 +1,38 @@
 // conv3d as a channels-last implicit GEMM, the alternative to the NCDHW gather kernel for the forward and input
 // gradient: `--conv-kernel channels-last|tuned` runs it in the networks (conv_select.ts), and `bench --mode conv` times
 // both (a `variant` field). The design is ../shared/docs/examples/conv3d_channels_last.ts, which ran at 11.9-18.5
-// TFLOP/s on an H100 at the U-Net's first two levels (PyTorch fp32: 30-41). On lavapipe (32^3, k=16) the forward ran at
-// 0.35x (16k -> 8k at 2^3 voxels: one mostly idle tile) to 1.9x (4k -> 4k at 8^3) the gather kernel's speed.
+// TFLOP/s on an H100 at the U-Net's first two levels (PyTorch fp32: 30-41).
 //
 // Passes taken (plan): a 3x3x3 stride-1 pad-1 forward (GEMM K = Cin, N = Cout, T = 3 taps per dimension, pad 1) and
 // input gradient (the same convolution of dy with the weights transposed and their taps reversed: K = Cout, N = Cin);
-// a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (space_to_depth.ts:
-// K = 8 Cin, N = Cout, T = 2, pad 0), as conv3d.ts runs it; and its input gradient, the transposed 2x2x2 convolution
-// (K = Cout, N = 8 Cin, T = 2, pad 1, taps reversed) giving the space-to-depth of dx, scattered back into dx
-// (DEPTH_TO_SPACE). K is padded to a multiple of 16 with zero channels and N to a multiple of 32 (columns computed,
-// never stored), as long as CL_MIN_USE of the work stays real.
+// a 4x4x4 stride-2 pad-1 forward as the 2x2x2 unpadded convolution of x's space-to-depth (K = 8 Cin, N = Cout, T = 2,
+// pad 0), as conv3d.ts runs it; and its input gradient, the transposed 2x2x2 convolution (K = Cout, N = 8 Cin, T = 2,
+// pad 1, taps reversed) giving the space-to-depth of dx. K is padded to a multiple of 16 with zero channels and N to a
+// multiple of 32 (columns computed, never stored), as long as CL_MIN_USE of the work stays real.
 //
-// Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] (NCDHW, as everywhere) are transposed around the
-// GEMM to [V][K] and [V][N'] (V: the voxels of a depth slab, below; a stride-2 input gradient's result goes straight
-// back to NCDHW by DEPTH_TO_SPACE); the weights are reordered to N blocks of [T^3][K][NB] (tap-major K), NB <= 128
-// output channels. The GEMM: a workgroup takes 256 voxels x the NB channels of one block; each thread 8 voxels x NB/8
-// channels (of 256 threads; NB/4 of 128 for NB = 32: registerTile) in named vec4 accumulators; K runs over taps, then
-// channels in steps of 16 staged in workgroup memory ([16][256 voxels] and [16][NB]). A dispatch takes one block, or
-// where a slab has few voxels (the deep levels, the discriminator's last convolutions) several (grid z), up to
-// CL_SPLIT.workgroups workgroups; below that the taps are split over more, each split's partials summed
-// (conv3d_sum_parts) before the transpose back, which adds the bias. The volume goes through in depth slabs: each
-// slab's output slices and the source slices they read (for a space-to-depth source, made slab by slab from x), so
-// that the scratch copies stay within CL_SCRATCH (and one binding) whatever the volume's size. Every tensor is bound
-// whole, so each must fit one binding. Nothing is saved.
-// The weight gradient's GEMM is conv3d_cl_dw.ts.
+// Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] stay NCDHW, as everywhere: the GEMM reads the one and
+// writes the other where they are, with no transposed copies. Its rows are one sample's output voxels, its columns the
+// output channels, its reduction runs over taps, then source channels in steps of 16. The weights are reordered to N
+// blocks of [T^3][K][NB] (tap-major K), NB <= 128 output channels. A workgroup takes 256 consecutive output voxels x the
+// NB channels of one block; each thread 8 voxels x NB/8 channels (registerTile). Each step stages [16 channels][256
+// voxels] of the source in workgroup memory, each thread loading 16 channels of its voxels (consecutive threads,
+// consecutive voxels; a voxel's position is decoded once, its source offset once per tap), and [16][NB] of the
+// weights. A stride-2 forward reads x's space-to-depth from x itself: channel 8c + 4rd + 2rh + rw of space-to-depth
+// voxel m is x[c][2m + (rd, rh, rw) - 1] (zero outside x). The result leaves through workgroup memory, 32 to 128 voxels
+// x NB channels at a time, so that consecutive threads store consecutive voxels, + bias; a stride-2 input gradient's
+// result, dx's space-to-depth, is stored at dx's voxels by the same map backwards.
+// A dispatch takes one block, or where a volume has few voxels (the deep levels, the discriminator's last
+// convolutions) several (grid z), up to CL_SPLIT.workgroups workgroups; below that the taps are split over more, each
+// split writing partials laid out as its result (at most CL_PARTS bytes), which conv3d_sum_parts sums into it (split 0
+// adds the bias). Every tensor is bound whole, so each must fit one binding. Nothing is saved; the scratch is the
+// reordered weights and any partials. The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
 import { type Gpu, grid1d, type Kernel } from "./device.ts";
-import { spaceToDepth2 } from "./space_to_depth.ts";
 
 export const BM = 256, BK = 16;
-/**
- * The most scratch held at once (the volume is taken in depth slabs that fit): at 160x192x160, k=32 five slabs for a
- * level-0 32 -> 32 convolution, and every memory target holds with channels-last everywhere.
- */
-const CL_SCRATCH = 256 * 2 ** 20;
+/** The most partials of a split reduction held at once. */
+const CL_PARTS = 256 * 2 ** 20;
 /**
  * `workgroups`: how many a GEMM dispatch should have at least, for a large GPU (an H100 has 132 SMs, each holding one
  * to three of these workgroups); fewer, and one dispatch takes several blocks, and the reduction is split over taps
@@ -64,24 +61,24 @@ export interface Plan {
   taps: number; // T per dimension
   pad: number;
   src: number[]; // [D, H, W] of the GEMM's source (x's space-to-depth for a stride-2 forward)
-  out: number[]; // [D, H, W] of the result
+  out: number[]; // [D, H, W] of the GEMM's result (dx's space-to-depth for a stride-2 input gradient)
+  x: number[]; // [D, H, W] of x: what a stride-2 forward reads, what its input gradient writes
   weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
-  nz: number; // output slices per slab
   splits: number; // parts the taps are split into (1: none); split i takes taps [i T^3 / splits, (i+1) T^3 / splits)
 }
 
 /** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
 export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
-  let q: Omit<Plan, "nb" | "bpd" | "nz" | "splits" | "k" | "n">;
+  let q: Omit<Plan, "nb" | "bpd" | "splits" | "k" | "n">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
     const [kReal, nReal] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
-    q = { kReal, nReal, taps: 3, pad: 1, src: vol, out: vol, weights: pass === "forward" ? 0 : 1 };
+    q = { kReal, nReal, taps: 3, pad: 1, src: vol, out: vol, x: vol, weights: pass === "forward" ? 0 : 1 };
   } else if (s.k === 4 && s.stride === 2 && s.pad === 1) {
     const m = out.map((o) => o + 1); // x's space-to-depth
     q = pass === "forward"
-      ? { kReal: 8 * s.cin, nReal: s.cout, taps: 2, pad: 0, src: m, out, weights: 2 }
-      : { kReal: s.cout, nReal: 8 * s.cin, taps: 2, pad: 1, src: out, out: m, weights: 3 };
+      ? { kReal: 8 * s.cin, nReal: s.cout, taps: 2, pad: 0, src: m, out, x: vol, weights: 2 }
+      : { kReal: s.cout, nReal: 8 * s.cin, taps: 2, pad: 1, src: out, out: m, x: vol, weights: 3 };
   } else return null;
   const p = { ...q, k: Math.ceil(q.kReal / BK) * BK, n: Math.ceil(q.nReal / 32) * 32 };
   if ((p.kReal / p.k) * (p.nReal / p.n) < CL_MIN_USE) return null;
@@ -91,26 +88,17 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
   // Each tensor is bound whole, and so are the reordered (padded) weights when one dispatch takes every block.
   const whole = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3, p.taps ** 3 * p.k * p.n];
-  const fits = whole.every((e) => e * 4 <= g.maxBinding);
-  // Scratch per slab: the source's slices (twice for a space-to-depth source: made, then transposed) and the result's
-  // (of the blocks in one dispatch; with the reduction split, each split's partials and their sum).
-  const [ihw, ohw, f] = [p.src[1] * p.src[2], p.out[1] * p.out[2], p.weights === 2 ? 2 : 1];
-  const budget = Math.min(CL_SCRATCH, g.maxBinding) / 4, srcSlices = (z: number) => (z + p.taps - 1) * ihw * p.k * f;
-  const slices = (perSlice: number) =>
-    Math.min(p.out[0], Math.floor((budget - srcSlices(0)) / (ihw * p.k * f + perSlice)));
-  // A slab of few voxels (the deep levels, the discriminator's last convolutions) makes too few workgroups to fill a
-  // GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
-  // their partials fit beside the slab.
-  const groups = (z: number) => Math.ceil((z * ohw) / BM), t3 = p.taps ** 3;
-  let bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / groups(slices(ohw * nb))));
-  while (bpd > 1 && slices(ohw * nb * bpd) < 1) bpd--; // more blocks must not cost the slab its last slice
-  const nz = slices(ohw * nb * bpd);
+  const nvox = p.out[0] * p.out[1] * p.out[2], tiles = Math.ceil(nvox / BM);
+  const gy = Math.ceil(tiles / Math.min(tiles, g.maxWorkgroupsPerDim));
+  if (nb < 32 || !whole.every((e) => e * 4 <= g.maxBinding) || gy > g.maxWorkgroupsPerDim) return null;
+  // A volume of few voxels (the deep levels, the discriminator's last convolutions) makes too few workgroups to fill
+  // a GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
+  // their partials fit CL_PARTS (and one binding).
+  const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / tiles)), t3 = p.taps ** 3;
   const most = Math.max(1, Math.floor(t3 / Math.ceil(CL_SPLIT.minK / p.k))); // splits of at least minK, taps spread
-  let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (groups(nz) * bpd)));
-  while (splits > 1 && srcSlices(nz) + (splits + 1) * nz * ohw * nb * bpd > budget) splits--;
-  // The space-to-depth and depth-to-space kernels cover a slice's H x W along one grid dimension.
-  const grid = ihw <= 256 * g.maxWorkgroupsPerDim && ohw <= 256 * g.maxWorkgroupsPerDim;
-  return nb >= 32 && fits && nz >= 1 && grid ? { ...p, nb, bpd, nz, splits } : null;
+  let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (tiles * bpd)));
+  while (splits > 1 && splits * nvox * nb * bpd * 4 > Math.min(CL_PARTS, g.maxBinding)) splits--;
+  return { ...p, nb, bpd, splits };
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
@@ -145,59 +133,104 @@ export function registerTile(nb: number, bRow = nb / 4) {
 }
 
 /**
- * The GEMM for u.count blocks of NB output channels of a plan (grid z: block, then split of the taps): a slab of u.nz
- * output slices (of OH x OW) starting at slice u.z0; the source ([V][K], slices from u.zlo of a volume of u.D) is read
- * at voxel o + tap - pad. Each split's result goes to its own [count][V][NB] part.
+ * The GEMM for u.count blocks of NB output channels of a plan (grid z: block, then split of the taps) over 256-voxel
+ * tiles of one sample's result (grid x, y), reading the source from element u.xb and writing the result from element
+ * u.yb (the dispatch's first channel); with the taps split, each split writes its own part (u.part elements apart) of
+ * partials laid out as the result.
  */
 function gemmKernel(p: Plan, nb: number): Kernel {
-  const { k, taps: t, pad } = p, [, ih, iw] = p.src, [, oh, ow] = p.out;
+  const { k, kReal, taps: t, pad } = p, [sd, sh, sw] = p.src, [od, oh, ow] = p.out, [xd, xh, xw] = p.x;
   const { acc, inner, cgs, nv, threads } = registerTile(nb);
-  let stores = "";
-  for (let r = 0; r < 8; r++) {
-    stores += `{ let o = vb + rg * 8u + ${r}u; if (o < nvox) {`;
-    for (let j = 0; j < nv; j++) stores += ` Y[yb + o * ${nb / 4}u + cg * ${nv}u + ${j}u] = c${r}_${j};`;
-    stores += " } }\n";
-  }
-  // Inputs: 256 voxels x 16 channels = 1024 vec4 per step; thread t loads voxel t/4 + (threads/4) i, channel quad t%4.
-  let rows = "", loads = "";
-  for (let i = 0; i < 1024 / threads; i++) {
-    rows += `let v${i} = vb + t / 4u + ${(threads / 4) * i}u; let z${i} = i32(v${i} / ${oh * ow}u + u.z0); ` +
-      `let y${i} = i32((v${i} / ${ow}u) % ${oh}u); let x${i} = i32(v${i} % ${ow}u);\n`;
-    loads += `{ let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx; var a = vec4f(0.0);
-      if (v${i} < nvox && zz >= 0 && zz < i32(u.D) && yy >= 0 && yy < ${ih} && xx >= 0 && xx < ${iw}) {
-        a = X[((u32(zz) - u.zlo) * ${ih * iw}u + u32(yy) * ${iw}u + u32(xx)) * ${k / 4}u + ci0 / 4u + t % 4u];
+  const nvox = od * oh * ow, xv = xd * xh * xw, s2d = p.weights === 2, d2s = p.weights === 3;
+  // Thread t's voxels: tile voxel t + threads i for slot i, each's position decoded once.
+  let decode = "", offsets = "", loads = "";
+  for (let i = 0; i < BM / threads; i++) {
+    const slot = `t / 4u + ${(threads / 4) * i}u][t % 4u]`; // voxel t + threads i of a staged channel in As
+    decode += `let o${i} = vb + t + ${threads * i}u; let z${i} = i32(o${i} / ` +
+      `${oh * ow}u); let y${i} = i32((o${i} / ${ow}u) % ${oh}u); let x${i} = i32(o${i} % ${ow}u);\n`;
+    if (s2d) {
+      // x's offset at parity 0 of the tap's space-to-depth voxel, 2 (o + tap) - 1; parities add 0 or 1 per axis.
+      offsets += `let bz${i} = 2 * (z${i} + dz) - 1; let by${i} = 2 * (y${i} + dy) - 1; let bx${i} = 2 * (x${i} + ` +
+        `dx) - 1; let s${i} = (bz${i} * ${xh} + by${i}) * ${xw} + bx${i};\n`;
+    } else {
+      offsets += `var s${i} = -1; { let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx;
+        if (zz >= 0 && zz < ${sd} && yy >= 0 && yy < ${sh} && xx >= 0 && xx < ${sw}) {
+          s${i} = (zz * ${sh} + yy) * ${sw} + xx; } }\n`;
+    }
+    // Loads without branches: a padding voxel's index is clamped into the source and select() drops what it read (a
+    // multiply would keep a NaN); on llvmpipe 10% faster than branches. A padding channel (K past kReal) reads the last
+    // real one, which its zero weights cancel.
+    const sv = sd * sh * sw, clamp = kReal % BK !== 0;
+    loads += s2d ? "" : `{ let at = u.xb + u32(max(s${i}, 0)); let ok = s${i} >= 0;\n`;
+    for (let c = 0; c < BK; c++) {
+      let ok: string, at: string;
+      if (s2d) {
+        const r = [(c >> 2) & 1, (c >> 1) & 1, c & 1], ch = `ci0 / 8u + ${c >> 3}u`;
+        const inX = ["z", "y", "x"].map((a, j) => r[j] ? `b${a}${i} + 1 < ${[xd, xh, xw][j]}` : `b${a}${i} >= 0`);
+        ok = inX.join(" && ");
+        const voxel = `min(u32(max(s${i} + ${(r[0] * xh + r[1]) * xw + r[2]}, 0)), ${xv - 1}u)`;
+        at = `u.xb + ${clamp ? `min(${ch}, ${kReal / 8 - 1}u)` : `(${ch})`} * ${xv}u + ${voxel}`;
+      } else {
+        ok = "ok";
+        at = `at + ${clamp ? `min(ci0 + ${c}u, ${kReal - 1}u)` : `(ci0 + ${c}u)`} * ${sv}u`;
       }
-      let row = t / 4u + ${(threads / 4) * i}u; let kq = (t % 4u) * 4u;
-      As[kq * 64u + row / 4u][row % 4u] = a.x; As[(kq + 1u) * 64u + row / 4u][row % 4u] = a.y;
-      As[(kq + 2u) * 64u + row / 4u][row % 4u] = a.z; As[(kq + 3u) * 64u + row / 4u][row % 4u] = a.w; }\n`;
+      loads += `As[${c * 64}u + ${slot} = select(0.0, X[${at}], ${ok});\n`;
+    }
+    loads += s2d ? "" : "}\n";
   }
+  // The result leaves through As in chunks of `rows` voxels x NB channels ([NB][rows]; a power of 2 that fits): the
+  // threads holding a chunk's voxels (whole warps) put their registers there as vec4s along the voxels, then every
+  // thread stores `per` of its values, consecutive threads at consecutive voxels of one channel.
+  const rows = [128, 64, 32].find((r) => r * nb <= BK * BM)!, per = (rows * nb) / threads, step = threads / rows;
+  let puts = `if (rg / ${rows / 8}u == q) { let v = (rg % ${rows / 8}u) * 2u;\n`;
+  for (let j = 0; j < nv; j++) {
+    for (let e = 0; e < 4; e++) {
+      const at = `((cg * ${nv}u + ${j}u) * 4u + ${e}u) * ${rows / 4}u + v`,
+        comp = (r: number) => `c${r}_${j}.${"xyzw"[e]}`;
+      puts += `As[${at}] = vec4f(${[0, 1, 2, 3].map(comp)}); As[${at} + 1u] = vec4f(${[4, 5, 6, 7].map(comp)});\n`;
+    }
+  }
+  puts += "}\n";
+  // Column 8 c + q of a stride-2 input gradient is channel c of dx at parity q of the space-to-depth voxel m = (z, y,
+  // x): dx's voxel 2 m + q - 1.
+  const where = d2s
+    ? `let z = i32(o / ${oh * ow}u); let y = i32((o / ${ow}u) % ${oh}u); let x = i32(o % ${ow}u);
+      let e = ((2 * z - 1) * ${xh} + 2 * y - 1) * ${xw} + 2 * x - 1;
+      let lo = vec3<bool>(z > 0, y > 0, x > 0); let hi = vec3<bool>(2 * z < ${xd}, 2 * y < ${xh}, 2 * x < ${xw});`
+    : "";
+  const store = d2s
+    ? `let r = vec3<bool>(col % 8u >= 4u, col % 4u >= 2u, col % 2u == 1u);
+      if (all(select(lo, hi, r))) {
+        Y[u.yb + split * u.part + (col / 8u) * ${xv}u + u32(e + dot(vec3i(r), vec3i(${xh * xw}, ${xw}, 1)))] = a;
+      }`
+    : `Y[u.yb + split * u.part + col * ${nvox}u + o] = a;`;
   const bvecs = BK * nb / 4;
   return {
-    name: `conv3d_cl_gemm_t${t}p${pad}_${k}x${nb}_${ih}x${iw}_${oh}x${ow}`,
+    name: `conv3d_cl_gemm_m${p.weights}_t${t}p${pad}_${kReal}/${k}x${nb}_${p.src}_${p.out}_${p.x}`,
     wgsl: `
-@group(0) @binding(0) var<storage, read> X: array<vec4f>; // [V][K]
+@group(0) @binding(0) var<storage, read> X: array<f32>; // the source, NCDHW
 @group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [count][T^3][K][NB]
-@group(0) @binding(2) var<storage, read_write> Y: array<vec4f>; // [splits][count][V][NB]
-struct U { gridx: u32, z0: u32, nz: u32, zlo: u32, D: u32, splits: u32, count: u32, p0: u32 }
-@group(0) @binding(3) var<uniform> u: U;
+@group(0) @binding(2) var<storage, read> B: array<f32>; // the bias, where u.bias
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>; // the result, NCDHW, or its partials
+struct U { gridx: u32, splits: u32, xb: u32, yb: u32, part: u32, n0: u32, ncols: u32, bias: u32 }
+@group(0) @binding(4) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
 var<workgroup> Bs: array<vec4f, ${bvecs}>; // [16 channels][NB]
 @compute @workgroup_size(${threads})
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   let vb = (wg.y * u.gridx + wg.x) * ${BM}u;
-  let nvox = u.nz * ${oh * ow}u;
   let rg = t / ${cgs}u;
   let cg = t % ${cgs}u;
-  ${rows}
+  ${decode}
   let blk = wg.z / u.splits;
   let split = wg.z % u.splits;
   let wb = blk * ${t ** 3 * k * nb / 4}u;
-  let yb = (split * u.count + blk) * nvox * ${nb / 4}u;
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
   for (var tap = split * ${t ** 3}u / u.splits; tap < (split + 1u) * ${t ** 3}u / u.splits; tap++) {
     let dz = i32(tap / ${t * t}u) - ${pad};
     let dy = i32((tap / ${t}u) % ${t}u) - ${pad};
     let dx = i32(tap % ${t}u) - ${pad};
+    ${offsets}
     for (var ci0 = 0u; ci0 < ${k}u; ci0 += ${BK}u) {
       ${loads}
       for (var e = t; e < ${bvecs}u; e += ${threads}u) { Bs[e] = Wt[wb + ((tap * ${k}u + ci0) * ${nb}u) / 4u + e]; }
@@ -206,43 +239,26 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       workgroupBarrier();
     }
   }
-  ${stores}
+  let bias = u.bias != 0u && split == 0u;
+  for (var q = 0u; q < ${BM / rows}u; q++) {
+    ${puts}
+    workgroupBarrier();
+    let o = vb + q * ${rows}u + t % ${rows}u;
+    ${where}
+    for (var i = 0u; i < ${per}u; i++) {
+      let c = t / ${rows}u + ${step}u * i; // of the tile's columns
+      let col = blk * ${nb}u + c; // of the dispatch's
+      if (col < u.ncols && o < ${nvox}u) {
+        var a = As[(c * ${rows}u + t % ${rows}u) / 4u][t % 4u];
+        if (bias) { a += B[u.n0 + col]; }
+        ${store}
+      }
+    }
+    workgroupBarrier();
+  }
 }`,
   };
 }
-
-/**
- * T[dst + j * dstStride + i] = S[src + i * srcStride + j] (+ B[biasOff + j] when bias): a [rows][cols] matrix
- * transposed, each side's rows `stride` apart (a slab of every channel's plane).
- */
-const TRANSPOSE: Kernel = {
-  name: "conv3d_cl_transpose",
-  wgsl: `
-@group(0) @binding(0) var<storage, read> S: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> T: array<f32>;
-struct U { rows: u32, cols: u32, bias: u32, src: u32, dst: u32, tilesX: u32, gridX: u32, srcStride: u32,
-  dstStride: u32, biasOff: u32, p1: u32, p2: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-var<workgroup> tile: array<array<f32, 17>, 16>; // 17: no bank conflicts on the transposed read
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) g: vec3u, @builtin(local_invocation_id) l: vec3u) {
-  // 16x16 tiles, numbered across a 2D grid (a volume's voxels outnumber one grid dimension's 65535 tiles).
-  let q = g.y * u.gridX + g.x;
-  let wg = vec2u(q % u.tilesX, q / u.tilesX);
-  let i = wg.y * 16u + l.y; // source row
-  let j = wg.x * 16u + l.x; // source column
-  if (i < u.rows && j < u.cols) { tile[l.y][l.x] = S[u.src + i * u.srcStride + j]; }
-  workgroupBarrier();
-  let ti = wg.x * 16u + l.y; // destination row (a source column)
-  let tj = wg.y * 16u + l.x; // destination column (a source row)
-  if (ti < u.cols && tj < u.rows) { // tiles past the last (the grid's spare workgroups) fail i < rows and tj < rows
-    var r = tile[l.x][l.y];
-    if (u.bias != 0u) { r += B[u.biasOff + ti]; }
-    T[u.dst + ti * u.dstStride + tj] = r;
-  }
-}`,
-};
 
 /**
  * One block's GEMM weights, [T^3][K][NB] for output channels n0.. n0 + NB, from w [Cout][Cin][k^3]. Mode 0, the
@@ -284,58 +300,6 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 }`,
 };
 
-/**
- * The stride-2 input gradient's result, dxs [V][NB] (from element src) for the space-to-depth slices z0.. of a block
- * of NB channels (8 per channel of x, from channel c0), scattered back to dx [C][D][H][W]: x voxel (z, y, x) of
- * channel c is parity (z + 1) % 2 ... of space-to-depth voxel ((z + 1) / 2, ...) (pad 1). Threads: one per x voxel of
- * slices zx0 + y of the grid, channel c0 + grid z.
- */
-const DEPTH_TO_SPACE: Kernel = {
-  name: "conv3d_cl_depth_to_space",
-  wgsl: `
-@group(0) @binding(0) var<storage, read> S: array<f32>;
-@group(0) @binding(1) var<storage, read_write> T: array<f32>;
-struct U { H: u32, W: u32, MH: u32, MW: u32, z0: u32, zx0: u32, nb: u32, dst: u32, plane: u32, src: u32, p1: u32,
-  p2: u32 }
-@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) id: vec3u) {
-  if (id.x >= u.H * u.W) { return; }
-  let y = id.x / u.W;
-  let x = id.x - y * u.W;
-  let z = u.zx0 + id.y;
-  let q = ((z + 1u) % 2u) * 4u + ((y + 1u) % 2u) * 2u + (x + 1u) % 2u;
-  let m = (((z + 1u) / 2u - u.z0) * u.MH + (y + 1u) / 2u) * u.MW + (x + 1u) / 2u;
-  T[u.dst + id.z * u.plane + z * u.H * u.W + id.x] = S[u.src + m * u.nb + id.z * 8u + q];
-}`,
-};
-
-/**
- * A [rows][cols] matrix at element `src` of one buffer (rows `src[2]` apart), transposed into another at element `dst`
- * (rows `dst[2]` apart), + bias from element `biasOff` of b.
- */
-function transpose(
-  g: Gpu,
-  src: [GPUBuffer, number, number],
-  dst: [GPUBuffer, number, number],
-  rows: number,
-  cols: number,
-  bias: GPUBuffer | null,
-  biasOff = 0,
-) {
-  const tilesX = Math.ceil(cols / 16), grid = grid1d(g, tilesX * Math.ceil(rows / 16));
-  g.dispatch(
-    TRANSPOSE,
-    [
-      { buffer: src[0], size: (src[1] + (rows - 1) * src[2] + cols) * 4 },
-      bias ? { buffer: bias } : { buffer: src[0], size: 4 },
-      { buffer: dst[0], size: (dst[1] + (cols - 1) * dst[2] + rows) * 4 },
-    ],
-    new Uint32Array([rows, cols, bias ? 1 : 0, src[1], dst[1], tilesX, grid[0], src[2], dst[2], biasOff, 0, 0]),
-    grid,
-  );
-}
-
 /** out = conv(src, w) (+ bias) per sample through the GEMM, for the pass's plan. */
 function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer, b: GPUBuffer | null, out: GPUBuffer) {
   const p = channelsLastPlan(g, s, pass);
@@ -347,67 +311,39 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         `times for stride 2; every tensor within one binding)`,
     );
   }
-  const [sd, ih, iw] = p.src, [od, oh, ow] = p.out, ihw = ih * iw, ohw = oh * ow;
-  const t3 = p.taps ** 3, m = t3 * p.k * p.n, held = Math.min(sd, p.nz + p.taps - 1), { splits } = p;
+  const t3 = p.taps ** 3, m = t3 * p.k * p.n, { splits } = p, xv = s.d * s.h * s.w;
+  const nvox = p.out[0] * p.out[1] * p.out[2], srcV = p.weights === 2 ? xv : p.src[0] * p.src[1] * p.src[2];
+  const srcC = pass === "forward" ? s.cin : s.cout;
+  /** The result's elements for `cols` GEMM columns (for a stride-2 input gradient 8 per channel of dx). */
+  const at = (cols: number) => p.weights === 3 ? (cols / 8) * xv : cols * nvox;
   // Dispatches of bpd blocks of NB channels, and one for a narrower last block.
   const groups: { n0: number; nb: number; count: number }[] = [];
   for (let n0 = 0; n0 + p.nb <= p.n; n0 += p.bpd * p.nb) {
     groups.push({ n0, nb: p.nb, count: Math.min(p.bpd, Math.floor((p.n - n0) / p.nb)) });
   }
   if (p.n % p.nb) groups.push({ n0: p.n - (p.n % p.nb), nb: p.n % p.nb, count: 1 });
-  const result = p.nz * ohw * p.nb * p.bpd; // one split's result, [count][V][NB], at most
-  const wt = g.alloc(m * 4), st = g.alloc(held * ihw * p.k * 4), ot = g.alloc(splits * result * 4);
-  const xs = p.weights === 2 ? g.alloc(held * ihw * p.kReal * 4) : null;
-  const sum = splits > 1 ? g.alloc(result * 4) : null;
+  const wt = g.alloc(m * 4), parts = splits > 1 ? g.alloc(splits * at(p.bpd * p.nb) * 4) : null;
   try {
-    // The source's padding channels, which the transposes in never write, are zeroed: a pooled buffer's NaN or Inf
-    // there would survive their zero weights (0 x NaN).
-    if (p.kReal < p.k) g.zero(st);
     for (let n0 = 0; n0 < p.n; n0 += p.nb) {
       const nb = Math.min(p.nb, p.n - n0), rgrid = grid1d(g, Math.ceil((t3 * p.k * nb) / 256));
       const u = new Uint32Array([p.k, p.nReal, nb, n0, t3 * p.k * nb, rgrid[0], p.weights, p.kReal]);
       g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
     }
-    const [srcC, outV] = [pass === "forward" ? s.cin : s.cout, od * ohw];
+    const tiles = Math.ceil(nvox / BM), gx = Math.min(tiles, g.maxWorkgroupsPerDim), gy = Math.ceil(tiles / gx);
+    const xb = { buffer: src, size: s.n * srcC * srcV * 4 }, yb = { buffer: out, size: at(s.n * p.nReal) * 4 };
     for (let i = 0; i < s.n; i++) {
-      for (let z0 = 0; z0 < od; z0 += p.nz) {
-        // Output slices [z0, z1) read source slices [zlo, zhi).
-        const z1 = Math.min(od, z0 + p.nz), zlo = Math.max(0, z0 - p.pad), zhi = Math.min(sd, z1 - p.pad + p.taps - 1);
-        const cols = (zhi - zlo) * ihw, nvox = (z1 - z0) * ohw;
-        if (xs) { // the space-to-depth of x's slices for this slab, then transposed
-          spaceToDepth2(g, src, xs, [1, s.cin, s.d, s.h, s.w], [zhi - zlo, ih, iw], s.pad, "f32", i * s.cin, zlo);
-          transpose(g, [xs, 0, cols], [st, 0, p.k], p.kReal, cols, null);
-        } else transpose(g, [src, (i * srcC * sd + zlo) * ihw, sd * ihw], [st, 0, p.k], p.kReal, cols, null);
-        const vgroups = Math.ceil(nvox / BM), gx = Math.min(vgroups, g.maxWorkgroupsPerDim);
-        for (const { n0, nb, count } of groups) {
-          const size = count * nvox * nb; // one split's result: [count][V][NB]
-          const u = new Uint32Array([gx, z0, z1 - z0, zlo, sd, splits, count, 0]);
-          const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
-          const binds = [{ buffer: st, size: held * ihw * p.k * 4 }, wb, { buffer: ot, size: splits * size * 4 }];
-          g.dispatch(gemmKernel(p, nb), binds, u, [gx, Math.ceil(vgroups / gx), count * splits]);
-          if (sum) sumParts(g, ot, sum, size, splits);
-          const res = sum ?? ot;
-          for (let c = 0; c < count; c++) {
-            // The block's first channel, its real channels (the last block's padding is not stored), its result.
-            const [c0, r0] = [n0 + c * nb, c * nvox * nb], real = Math.min(nb, p.nReal - c0);
-            if (p.weights === 3) { // dxs slab -> dx: its x slices [2 z0 - 1, 2 z1 - 1) of channels c0 / 8 ..
-              const [zx0, zx1] = [Math.max(0, 2 * z0 - 1), Math.min(s.d, 2 * z1 - 1)], plane = s.d * s.h * s.w;
-              const u = new Uint32Array([s.h, s.w, oh, ow, z0, zx0, nb, (i * s.cin + c0 / 8) * plane, plane, r0, 0, 0]);
-              const binds = [{ buffer: res, size: (r0 + nvox * nb) * 4 }, {
-                buffer: out,
-                size: s.n * s.cin * plane * 4,
-              }];
-              g.dispatch(DEPTH_TO_SPACE, binds, u, [Math.ceil((s.h * s.w) / 256), zx1 - zx0, real / 8]);
-            } else {
-              const dst = ((i * p.nReal + c0) * od + z0) * ohw;
-              transpose(g, [res, r0, nb], [out, dst, outV], nvox, real, b, c0); // [V][NB] -> [NB][V], + bias
-            }
-          }
-        }
+      for (const { n0, nb, count } of groups) {
+        // The dispatch's real columns (a padded last block's padding is not stored) and where they go.
+        const ncols = Math.min(count * nb, p.nReal - n0), first = at(i * p.nReal + n0);
+        const u = new Uint32Array([gx, splits, i * srcC * srcV, parts ? 0 : first, at(ncols), n0, ncols, b ? 1 : 0]);
+        const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
+        const dst = parts ? { buffer: parts, size: splits * at(ncols) * 4 } : yb;
+        g.dispatch(gemmKernel(p, nb), [xb, wb, b ? { buffer: b } : wb, dst], u, [gx, gy, count * splits]);
+        if (parts) sumParts(g, parts, out, at(ncols), splits, first);
       }
     }
   } finally {
-    for (const t of [wt, st, ot, xs, sum]) if (t) g.free(t);
+    for (const t of [wt, parts]) if (t) g.free(t);
   }
 }
 

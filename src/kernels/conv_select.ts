@@ -7,9 +7,9 @@
 // - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there
 //   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
 //   gather.
-// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds transposed copies of a depth
-// slab of its source and result (at most 256 MiB) and the reordered weights during a forward or input gradient, and its
-// split-K partials (at most 256 MiB) during a weight gradient.
+// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds the reordered weights and any
+// partials of taps split over workgroups (at most 256 MiB) during a forward or input gradient, and its split-K partials
+// (at most 256 MiB) during a weight gradient.
 
 import { conv3dBackwardInput, conv3dBackwardWeight, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import {
