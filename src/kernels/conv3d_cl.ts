@@ -14,10 +14,10 @@
 // writes the other where they are, with no transposed copies. Its rows are one sample's output voxels, its columns the
 // output channels, its reduction runs over taps, then source channels in steps of 16. The weights are reordered to N
 // blocks of [T^3][K][NB] (tap-major K), NB <= 128 output channels. A workgroup takes 256 consecutive output voxels x the
-// NB channels of one block; each thread 8 voxels x NB/8 channels (registerTile). Each step stages [16 channels][256
-// voxels] of the source in workgroup memory, each thread loading 16 channels of its voxels (consecutive threads,
-// consecutive voxels; a voxel's position is decoded once, its source offset once per tap), and [16][NB] of the
-// weights. A stride-2 forward reads x's space-to-depth from x itself: channel 8c + 4rd + 2rh + rw of space-to-depth
+// NB channels of one block; each thread 8 voxels x NB/8 channels (NB/4 for NB = 32: registerTile). Each step stages
+// [16 channels][256 voxels] of the source in workgroup memory, each thread loading 4 channels of 4 consecutive voxels
+// (consecutive threads, consecutive quads; a voxel's position is decoded once, its source offset once per tap) and
+// writing whole vec4s, and [16][NB] of the weights. A stride-2 forward reads x's space-to-depth from x itself: channel 8c + 4rd + 2rh + rw of space-to-depth
 // voxel m is x[c][2m + (rd, rh, rw) - 1] (zero outside x). The result leaves through workgroup memory, 32 to 128 voxels
 // x NB channels at a time, so that consecutive threads store consecutive voxels, + bias; a stride-2 input gradient's
 // result, dx's space-to-depth, is stored at dx's voxels by the same map backwards.
@@ -93,10 +93,11 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   if (nb < 32 || !whole.every((e) => e * 4 <= g.maxBinding) || gy > g.maxWorkgroupsPerDim) return null;
   // A volume of few voxels (the deep levels, the discriminator's last convolutions) makes too few workgroups to fill
   // a GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
-  // their partials fit CL_PARTS (and one binding).
-  const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / tiles)), t3 = p.taps ** 3;
+  // their partials fit CL_PARTS (and one binding). Blocks x splits go along grid z.
+  const zMax = g.maxWorkgroupsPerDim, t3 = p.taps ** 3;
+  const bpd = Math.min(Math.floor(p.n / nb), Math.ceil(CL_SPLIT.workgroups / tiles), zMax);
   const most = Math.max(1, Math.floor(t3 / Math.ceil(CL_SPLIT.minK / p.k))); // splits of at least minK, taps spread
-  let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (tiles * bpd)));
+  let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (tiles * bpd)), Math.floor(zMax / bpd));
   while (splits > 1 && splits * nvox * nb * bpd * 4 > Math.min(CL_PARTS, g.maxBinding)) splits--;
   return { ...p, nb, bpd, splits };
 }
@@ -133,7 +134,7 @@ export function registerTile(nb: number, bRow = nb / 4) {
 }
 
 /**
- * The GEMM for u.count blocks of NB output channels of a plan (grid z: block, then split of the taps) over 256-voxel
+ * The GEMM for blocks of NB output channels of a plan (grid z: block, then split of the taps: u.splits) over 256-voxel
  * tiles of one sample's result (grid x, y), reading the source from element u.xb and writing the result from element
  * u.yb (the dispatch's first channel); with the taps split, each split writes its own part (u.part elements apart) of
  * partials laid out as the result.
@@ -142,41 +143,52 @@ function gemmKernel(p: Plan, nb: number): Kernel {
   const { k, kReal, taps: t, pad } = p, [sd, sh, sw] = p.src, [od, oh, ow] = p.out, [xd, xh, xw] = p.x;
   const { acc, inner, cgs, nv, threads } = registerTile(nb);
   const nvox = od * oh * ow, xv = xd * xh * xw, s2d = p.weights === 2, d2s = p.weights === 3;
-  // Thread t's voxels: tile voxel t + threads i for slot i, each's position decoded once.
+  // Staging: thread t loads tile voxels 4 (t % 64) .. + 3 (each decoded once, its source offset found once per tap)
+  // for channel group g = t / 64 + (threads / 64) i (slot i) of 4 channels, and writes each channel's 4 voxels as one
+  // vec4: whole vectors, since writing one component may rewrite the vector (WGSL), racing the threads sharing it.
+  // Consecutive threads read consecutive quads, so the four loads of a channel cover a contiguous run.
+  // Loads have no branches: a padding voxel's index is clamped into the source and select() drops what it read (a
+  // multiply would keep a NaN; on llvmpipe 10% faster than branches); likewise a padding channel (K past kReal).
+  const sv = sd * sh * sw, padK = kReal % BK !== 0, hw = xh * xw, J = [0, 1, 2, 3];
   let decode = "", offsets = "", loads = "";
-  for (let i = 0; i < BM / threads; i++) {
-    const slot = `t / 4u + ${(threads / 4) * i}u][t % 4u]`; // voxel t + threads i of a staged channel in As
-    decode += `let o${i} = vb + t + ${threads * i}u; let z${i} = i32(o${i} / ` +
-      `${oh * ow}u); let y${i} = i32((o${i} / ${ow}u) % ${oh}u); let x${i} = i32(o${i} % ${ow}u);\n`;
-    if (s2d) {
+  for (const j of J) {
+    decode += `let o${j} = vb + 4u * (t % 64u) + ${j}u; let z${j} = i32(o${j} / ${oh * ow}u); ` +
+      `let y${j} = i32((o${j} / ${ow}u) % ${oh}u); let x${j} = i32(o${j} % ${ow}u);\n`;
+    offsets += s2d
       // x's offset at parity 0 of the tap's space-to-depth voxel, 2 (o + tap) - 1; parities add 0 or 1 per axis.
-      offsets += `let bz${i} = 2 * (z${i} + dz) - 1; let by${i} = 2 * (y${i} + dy) - 1; let bx${i} = 2 * (x${i} + ` +
-        `dx) - 1; let s${i} = (bz${i} * ${xh} + by${i}) * ${xw} + bx${i};\n`;
-    } else {
-      offsets += `var s${i} = -1; { let zz = z${i} + dz; let yy = y${i} + dy; let xx = x${i} + dx;
+      ? `let bz${j} = 2 * (z${j} + dz) - 1; let by${j} = 2 * (y${j} + dy) - 1; let bx${j} = 2 * (x${j} + dx) - 1;
+        let s${j} = (bz${j} * ${xh} + by${j}) * ${xw} + bx${j};\n`
+      : `var s${j} = -1; { let zz = z${j} + dz; let yy = y${j} + dy; let xx = x${j} + dx;
         if (zz >= 0 && zz < ${sd} && yy >= 0 && yy < ${sh} && xx >= 0 && xx < ${sw}) {
-          s${i} = (zz * ${sh} + yy) * ${sw} + xx; } }\n`;
+          s${j} = (zz * ${sh} + yy) * ${sw} + xx; } }
+        let at${j} = u.xb + u32(max(s${j}, 0)); let ok${j} = s${j} >= 0;\n`;
+  }
+  for (let i = 0; i < BM / threads; i++) {
+    const g = `(t / 64u + ${(threads / 64) * i}u)`;
+    if (s2d) { // channel 4 g + cc of the step: x's channel ci0 / 8 + g / 2 at parity (g % 2, cc / 2, cc % 2)
+      decode += `let rd${i} = ${g} % 2u;\n`;
+      for (const j of J) offsets += `let zk${i}_${j} = select(bz${j} >= 0, bz${j} + 1 < ${xd}, rd${i} == 1u);\n`;
     }
-    // Loads without branches: a padding voxel's index is clamped into the source and select() drops what it read (a
-    // multiply would keep a NaN); on llvmpipe 10% faster than branches. A padding channel (K past kReal) reads the last
-    // real one, which its zero weights cancel.
-    const sv = sd * sh * sw, clamp = kReal % BK !== 0;
-    loads += s2d ? "" : `{ let at = u.xb + u32(max(s${i}, 0)); let ok = s${i} >= 0;\n`;
-    for (let c = 0; c < BK; c++) {
-      let ok: string, at: string;
-      if (s2d) {
-        const r = [(c >> 2) & 1, (c >> 1) & 1, c & 1], ch = `ci0 / 8u + ${c >> 3}u`;
-        const inX = ["z", "y", "x"].map((a, j) => r[j] ? `b${a}${i} + 1 < ${[xd, xh, xw][j]}` : `b${a}${i} >= 0`);
-        ok = inX.join(" && ");
-        const voxel = `min(u32(max(s${i} + ${(r[0] * xh + r[1]) * xw + r[2]}, 0)), ${xv - 1}u)`;
-        at = `u.xb + ${clamp ? `min(${ch}, ${kReal / 8 - 1}u)` : `(${ch})`} * ${xv}u + ${voxel}`;
-      } else {
-        ok = "ok";
-        at = `at + ${clamp ? `min(ci0 + ${c}u, ${kReal - 1}u)` : `(ci0 + ${c}u)`} * ${sv}u`;
-      }
-      loads += `As[${c * 64}u + ${slot} = select(0.0, X[${at}], ${ok});\n`;
+    for (let cc = 0; cc < 4; cc++) {
+      const v = J.map((j) => {
+        if (!s2d) {
+          const ch = `(ci0 + 4u * ${g} + ${cc}u)`;
+          const ok = padK ? `ok${j} && ${ch} < ${kReal}u` : `ok${j}`;
+          return `select(0.0, X[at${j} + ${padK ? `min(${ch}, ${kReal - 1}u)` : ch} * ${sv}u], ${ok})`;
+        }
+        const [rh, rw] = [cc >> 1, cc & 1], ch = `(ci0 / 8u + ${g} / 2u)`;
+        const ok = [
+          `zk${i}_${j}`,
+          rh ? `by${j} + 1 < ${xh}` : `by${j} >= 0`,
+          rw ? `bx${j} + 1 < ${xw}` : `bx${j} >= 0`,
+        ];
+        if (padK) ok.push(`${ch} < ${kReal / 8}u`);
+        const voxel = `min(u32(max(s${j} + i32(rd${i}) * ${hw} + ${rh * xw + rw}, 0)), ${xv - 1}u)`;
+        return `select(0.0, X[u.xb + ${padK ? `min(${ch}, ${kReal / 8 - 1}u)` : ch} * ${xv}u + ${voxel}], ` +
+          `${ok.join(" && ")})`;
+      });
+      loads += `As[(4u * ${g} + ${cc}u) * 64u + t % 64u] = vec4f(${v.join(",\n  ")});\n`;
     }
-    loads += s2d ? "" : "}\n";
   }
   // The result leaves through As in chunks of `rows` voxels x NB channels ([NB][rows]; a power of 2 that fits): the
   // threads holding a chunk's voxels (whole warps) put their registers there as vec4s along the voxels, then every

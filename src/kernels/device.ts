@@ -49,7 +49,8 @@ export class Gpu {
   readonly maxBuffer: number;
   readonly offsetAlign: number;
   readonly maxWorkgroupStorage: number;
-  readonly maxWorkgroupsPerDim: number;
+  #maxWorkgroupsPerDim: number;
+  readonly #adapterMaxWorkgroupsPerDim: number;
   #maxBinding: number;
   readonly #adapterMaxBinding: number;
   #encoder: GPUCommandEncoder | null = null;
@@ -75,7 +76,7 @@ export class Gpu {
     this.#maxBinding = this.#adapterMaxBinding = l.maxStorageBufferBindingSize;
     this.offsetAlign = l.minStorageBufferOffsetAlignment;
     this.maxWorkgroupStorage = l.maxComputeWorkgroupStorageSize;
-    this.maxWorkgroupsPerDim = l.maxComputeWorkgroupsPerDimension;
+    this.#maxWorkgroupsPerDim = this.#adapterMaxWorkgroupsPerDim = l.maxComputeWorkgroupsPerDimension;
   }
 
   /** Largest storage binding in bytes (the adapter's, or lower while a test forces the split path). */
@@ -89,6 +90,21 @@ export class Gpu {
       throw new Error(`setMaxBindingForTests: ${bytes} must be a positive multiple of ${this.offsetAlign}`);
     }
     this.#maxBinding = bytes ?? this.#adapterMaxBinding;
+  }
+
+  /** Workgroups per grid dimension (the adapter's, or lower while a test forces 2D grids at small sizes). */
+  get maxWorkgroupsPerDim(): number {
+    return this.#maxWorkgroupsPerDim;
+  }
+
+  /** Lowers the workgroups allowed per grid dimension; null restores the adapter's. */
+  setMaxWorkgroupsPerDimForTests(n: number | null) {
+    if (n !== null && !(Number.isInteger(n) && n >= 1 && n <= this.#adapterMaxWorkgroupsPerDim)) {
+      throw new Error(
+        `setMaxWorkgroupsPerDimForTests: ${n} must be an integer in 1..${this.#adapterMaxWorkgroupsPerDim}`,
+      );
+    }
+    this.#maxWorkgroupsPerDim = n ?? this.#adapterMaxWorkgroupsPerDim;
   }
 
   /**

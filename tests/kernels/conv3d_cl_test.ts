@@ -111,6 +111,11 @@ Deno.test("conv3d channels-last: few voxels take several blocks per dispatch and
       minK: 16,
     }]);
     await check([1, 16, 3, 4, 5], 32, true);
+    // Two blocks per dispatch double each split's partials: 60 KiB of them for 16 -> 256 (two blocks of 128), so
+    // 448 KiB of binding (the reordered weights take 432) leave room for 7 splits, not 14.
+    g.setMaxBindingForTests(448 * 1024);
+    await withSplit(() => assert.deepEqual(plan([1, 16, 3, 4, 5], 256, 1), [2, 7]), [{ workgroups: 512, minK: 16 }]);
+    await check([1, 16, 3, 4, 5], 256, true, 1, [{ workgroups: 512, minK: 16 }]);
   } finally {
     g.setMaxBindingForTests(null);
   }
@@ -185,6 +190,46 @@ Deno.test("conv3d channels-last over several voxel tiles, each crossing rows and
   await check([1, 2, 20, 18, 14], 32, true, 2); // stride 2: 10x9x7 outputs, 3 tiles
   await checkDx([1, 4, 20, 18, 14], 16, 2); // its input gradient: 11x10x8 space-to-depth voxels, 4 tiles
   await check([1, 16, 12, 6, 8], 32, true, 2, [{ workgroups: 512, minK: 16 }]); // taps in splits
+  // More tiles than one grid dimension holds (11 here): a 2D grid, its spare workgroups past the last tile idle; past
+  // 11 x 11 tiles the shape is declined. Blocks x splits (grid z) stay within 11 too. No splits in the runs, and few
+  // channels: summing partials, or reordering many weights, would need grids of more than 11 x 11 workgroups.
+  const g = await testGpu(), one = [{ workgroups: 1, minK: 16 }];
+  g.setMaxWorkgroupsPerDimForTests(11);
+  try {
+    await check([2, 16, 16, 16, 17], 32, true, 1, one); // 17 tiles: 11 x 2
+    await checkDx([2, 32, 16, 16, 17], 16, 1, one);
+    await check([1, 4, 32, 32, 34], 32, true, 2, one); // 16x16x17 outputs: 17 tiles
+    await checkDx([1, 4, 30, 32, 34], 32, 2, one); // 16x17x18 space-to-depth voxels: 20 tiles
+    const big = K.conv3dShape([1, 32, 32, 32, 31], [32, 32, 3, 3, 3], null, 1, 1); // 124 tiles
+    assert.equal(channelsLastTakes(g, big, "forward"), false);
+    await withSplit(() => {
+      const p = channelsLastPlan(g, K.conv3dShape([1, 256, 3, 4, 5], [256, 256, 3, 3, 3], null, 1, 1), "forward")!;
+      assert.deepEqual([p.bpd, p.splits], [2, 5]); // 27 splits wanted; 2 x 5 of 11 along z
+    }, [{ workgroups: 512, minK: 16 }]);
+  } finally {
+    g.setMaxWorkgroupsPerDimForTests(null);
+  }
+});
+
+Deno.test("conv3d channels-last: an infinite input gives infinite outputs beside padding channels, not NaN", async () => {
+  // Padding channels (K past the real channels) read nothing: a read of the last real channel's infinity times their
+  // zero weights would be NaN.
+  const g = await testGpu();
+  for (const [xs, stride] of [[[1, 5, 4, 5, 6], 1], [[1, 7, 8, 6, 10], 2]] as [number[], 1 | 2][]) {
+    await scope(async () => {
+      const k = stride === 2 ? 4 : 3, ws = [32, xs[1], k, k, k], s = K.conv3dShape(xs, ws, null, stride, 1);
+      const xv = rand(xs.reduce((a, b) => a * b), 81), wv = rand(ws.reduce((a, b) => a * b), 82);
+      const plane = xs[2] * xs[3] * xs[4];
+      xv[(xs[1] - 1) * plane + plane - 20] = Infinity; // the last channel, inside the volume
+      const x = Tensor.from(g, xs, xv), w = Tensor.from(g, ws, wv), y = nans(g, [1, 32, s.od, s.oh, s.ow]);
+      conv3dForwardChannelsLast(g, s, x.buffer, w.buffer, null, y.buffer);
+      const [got] = await readAll([y]), want = K.conv3dRef(xv, wv, null, s);
+      const inf = [...want.keys()].filter((i) => !Number.isFinite(want[i]));
+      assert.ok(inf.length > 0 && inf.every((i) => got[i] === want[i]), `[${xs}] /${stride}: ${inf.length} infinite`);
+      const fin = [...want.keys()].filter((i) => Number.isFinite(want[i]));
+      assertClose(fin.map((i) => got[i]), fin.map((i) => want[i]), 1e-5, `[${xs}] /${stride}, finite outputs`);
+    });
+  }
 });
 
 Deno.test("conv3d channels-last: which passes it takes (3x3x3, 4x4x4 stride 2; a quarter real channels), and why not", async () => {
