@@ -265,14 +265,15 @@ fn main(@builtin(workgroup_id) wg: vec3u,
   ${setup}
   ${accs.map((a) => `var ${a} = vec4f(0.0);`).join(" ")}
   for (var ci0 = chunk * u.kper; ci0 < ciEnd; ci0 += u.cit) {
-    for (var e = lid; e < u.cit * ${t3 * cov * 4}u; e += ${wx * wy * kz}u) {
-      let q = e % 4u;
-      let cv = (e / 4u) % ${cov}u;
-      let tap = (e / ${4 * cov}u) % ${t3}u;
-      let ic = ci0 + e / ${4 * cov * t3}u;
-      let oc = cb * ${4 * cov}u + cv * 4u + q;
-      var v = 0.0;
-      if (oc < u.nco && ic < ciEnd) {
+    // Whole vec4s of 4 output channels: a thread writing one component of a vec4 in workgroup memory may rewrite all
+    // four (WGSL), racing the threads writing the others.
+    for (var e = lid; e < u.cit * ${t3 * cov}u; e += ${wx * wy * kz}u) {
+      let cv = e % ${cov}u;
+      let tap = (e / ${cov}u) % ${t3}u;
+      let ic = ci0 + e / ${cov * t3}u;
+      let oc = cb * ${4 * cov}u + cv * 4u;
+      var v = vec4f(0.0);
+      if (ic < ciEnd) {
         ${
       s2d
         // source channel 8c + 4rd + 2rh + rw reads weight channel c at taps offset by its parities (rd, rh, rw)
@@ -282,9 +283,12 @@ fn main(@builtin(workgroup_id) wg: vec3u,
         let kd = u.tapD + par.x + u.tapStep * i32(tap / ${t2}u);
         let kh = u.tapH + par.y + u.tapStep * i32((tap / ${t}u) % ${t}u);
         let kw = u.tapW + par.z + u.tapStep * i32(tap % ${t}u);
-        v = Wt[u.wShift + (u.coW + oc) * u.wOC + wc * u.wIC + u32((kd * u.k + kh) * u.k + kw)];
+        let wi = u.wShift + (u.coW + oc) * u.wOC + wc * u.wIC + u32((kd * u.k + kh) * u.k + kw);
+        ${
+      [0, 1, 2, 3].map((q) => `if (oc + ${q}u < u.nco) { v.${"xyzw"[q]} = Wt[wi + ${q}u * u.wOC]; }`).join("\n        ")
+    }
       }
-      ws[e / 4u][q] = v;
+      ws[e] = v;
     }
     workgroupBarrier();
     let nc = min(u.cit, ciEnd - ci0);
@@ -671,13 +675,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
     let xb = i32(u.xShift + ci * u.inPlane) + (id * u.H + ih) * u.W;
     let yb = u.yShift + r * u.OW;
     for (var s0 = 0u; s0 < u.OW; s0 += ${SEG}u) {
-      for (var e = lid; e < ${SEG * cov * 4}u; e += ${threads}u) {
+      // Whole vec4s of 4 output channels (see the weights' staging in conv3d_gather).
+      for (var e = lid; e < ${SEG * cov}u; e += ${threads}u) {
         let j = e % ${SEG}u;
-        let c = e / ${SEG}u;
-        let oc = cb * ${4 * cov}u + c;
-        var v = 0.0;
-        if (s0 + j < u.OW && oc < u.nco) { v = DY[yb + oc * u.outPlane + s0 + j]; }
-        dys[j * ${cov}u + c / 4u][c % 4u] = v;
+        let oc = cb * ${4 * cov}u + (e / ${SEG}u) * 4u;
+        let yi = yb + oc * u.outPlane + s0 + j;
+        var v = vec4f(0.0);
+        if (s0 + j < u.OW) {
+          ${
+      [0, 1, 2, 3].map((q) => `if (oc + ${q}u < u.nco) { v.${"xyzw"[q]} = DY[yi + ${q}u * u.outPlane]; }`).join(
+        "\n          ",
+      )
+    }
+        }
+        dys[j * ${cov}u + e / ${SEG}u] = v;
       }
       workgroupBarrier();
       let ns = min(${SEG}u, u.OW - s0);

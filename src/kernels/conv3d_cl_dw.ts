@@ -11,8 +11,9 @@
 // Layouts: x [N,Cin,D,H,W], dy [N,Cout,OD,OH,OW] (NCDHW); dw [Cout,Cin,k,k,k], assigned. A workgroup (256 threads, or
 // 128 for NB = 32) takes 256 rows x the NB columns of one block (registerTile, named vec4s) over a chunk of output
 // rows (n, od, oh): each output row in steps of 16 voxels along OW (the last one masked), staged in workgroup memory
-// as As [16 voxels][256 rows] (a thread loads its rows' 16 x values: each row's (ci, kd, kh, kw) is decoded once, so
-// a load costs an add and bounds checks) and Bs [16 voxels][NB + 4] (dy; padded against bank conflicts).
+// as As [16 voxels][256 rows] (a thread loads 4 consecutive rows at 4 or 8 of the voxels, writing whole vec4s: each
+// row's (ci, kd, kh, kw) is decoded once, so a load costs an add and bounds checks) and Bs [16 voxels][NB + 4] (dy, 4
+// channels at a time; padded against bank conflicts).
 // Split-K: the output rows go in chunks (grid z) whose partials [chunks][Cout][R] conv3d_sum_parts sums into dw; with
 // one chunk the kernel writes dw itself. Nothing is saved; the scratch is the partials, at most DW_PARTS bytes.
 
@@ -86,44 +87,54 @@ export function dwGemmPlan(g: Gpu, s: Conv3dShape): DwPlan | null {
 function dwKernel(s: Conv3dShape, nb: number, planes: boolean): Kernel {
   const { cin, cout, k, stride, pad, d, h, w, od, oh, ow } = s, r = cin * k ** 3;
   // Bs's rows padded by a vec4: the 16 voxels a B store writes at once would otherwise share one memory bank on GPUs.
-  // With 128 threads (32 columns), each stages 2 rows of As.
-  const bRow = nb / 4 + 1, { acc, inner, cgs, nv, threads } = registerTile(nb, bRow), hs = BM / threads;
-  let decode = "", rowSetup = "", loadA = "", loadB = "", stores = "";
-  for (let e = 0; e < hs; e++) {
-    // Row t + e * threads of As: (ci, kd, kh, kw), decoded once.
-    decode += `let row${e} = wg.x * ${BM}u + t + ${e * threads}u; let ci${e} = row${e} / ${k ** 3}u;
-  let kd${e} = i32(row${e} / ${
+  // Staging writes whole vec4s: WGSL lets a write to one component of a vector in workgroup memory rewrite the whole
+  // vector, so threads writing their own components of one vec4 would race. Thread t stages As's rows 4 (t % 64) .. + 3
+  // (each decoded once) at `vpt` voxels of the step, from jv = vpt (t / 64); Bs 4 channels of one voxel at a time.
+  const bRow = nb / 4 + 1, { acc, inner, cgs, nv, threads } = registerTile(nb, bRow), vpt = (BK * 64) / threads;
+  const len = planes ? oh * ow : ow; // voxels in a unit
+  let decode = "", rowSetup = "", loadA = "", voxels = "";
+  for (let q = 0; q < 4; q++) {
+    decode += `let row${q} = wg.x * ${BM}u + 4u * (t % 64u) + ${q}u; let ci${q} = row${q} / ${k ** 3}u;
+  let kd${q} = i32(row${q} / ${
       k * k
-    }u) % ${k}; let kh${e} = i32(row${e} / ${k}u) % ${k}; let kw${e} = i32(row${e} % ${k}u);
+    }u) % ${k}; let kh${q} = i32(row${q} / ${k}u) % ${k}; let kw${q} = i32(row${q} % ${k}u);
 `;
     // ci >= Cin: a row past R, never stored, so it loads nothing. A unit's x base: its row's (its plane's).
-    const iy = planes ? "" : `let iy${e} = i32(oy) * ${stride} - ${pad} + kh${e};`;
-    rowSetup += `let iz${e} = i32(oz) * ${stride} - ${pad} + kd${e}; ${iy}
-    let ok${e} = ci${e} < ${cin}u && iz${e} >= 0 && iz${e} < ${d}${planes ? "" : ` && iy${e} >= 0 && iy${e} < ${h}`};
-    let xb${e} = (i32(n * ${cin}u + ci${e}) * ${d} + iz${e}) * ${h * w}${planes ? "" : ` + iy${e} * ${w}`};
+    const iy = planes ? "" : `let iy${q} = i32(oy) * ${stride} - ${pad} + kh${q};`;
+    rowSetup += `let iz${q} = i32(oz) * ${stride} - ${pad} + kd${q}; ${iy}
+    let ok${q} = ci${q} < ${cin}u && iz${q} >= 0 && iz${q} < ${d}${planes ? "" : ` && iy${q} >= 0 && iy${q} < ${h}`};
+    let xb${q} = (i32(n * ${cin}u + ci${q}) * ${d} + iz${q}) * ${h * w}${planes ? "" : ` + iy${q} * ${w}`};
 `;
-    for (let j = 0; j < BK; j++) {
-      // Past the unit's end: dy's zeros mask it.
-      loadA += planes
-        ? `{ let iy = oy${j} * ${stride} - ${pad} + kh${e}; let ix = ox${j} * ${stride} - ${pad} + kw${e}; var a = 0.0;
-      if (ok${e} && iy >= 0 && iy < ${h} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + iy * ${w} + ix)]; }
-      As[${j * 64}u + (t + ${e * threads}u) / 4u][t % 4u] = a; }\n`
-        : `{ let ix = i32(v0) * ${stride} - ${pad} + kw${e} + ${j * stride}; var a = 0.0;
-      if (ok${e} && ix >= 0 && ix < ${w}) { a = X[u32(xb${e} + ix)]; }
-      As[${j * 64}u + (t + ${e * threads}u) / 4u][t % 4u] = a; }\n`;
+  }
+  for (let jj = 0; jj < vpt; jj++) {
+    // The thread's voxel jv + jj of the step (past the unit's end: dy's zeros mask it); in planes its (oh, ow).
+    if (planes) {
+      voxels += `let oy${jj} = i32((v0 + jv + ${jj}u) / ${ow}u); let ox${jj} = i32((v0 + jv + ${jj}u) % ${ow}u);\n`;
     }
+    const a = [0, 1, 2, 3].map((q) => {
+      const [ok, at] = planes
+        ? [
+          `let iy = oy${jj} * ${stride} - ${pad} + kh${q}; let ix = ox${jj} * ${stride} - ${pad} + kw${q};
+        if (ok${q} && iy >= 0 && iy < ${h} && ix >= 0 && ix < ${w})`,
+          `xb${q} + iy * ${w} + ix`,
+        ]
+        : [
+          `let ix = i32(v0 + jv + ${jj}u) * ${stride} - ${pad} + kw${q}; if (ok${q} && ix >= 0 && ix < ${w})`,
+          `xb${q} + ix`,
+        ];
+      return `{ ${ok} { a.${"xyzw"[q]} = X[u32(${at})]; } }`;
+    });
+    loadA += `{ var a = vec4f(0.0);\n      ${a.join("\n      ")}\n      As[(jv + ${jj}u) * 64u + t % 64u] = a; }\n`;
   }
-  // In planes, the (oh, ow) of each of the step's 16 voxels, shared by the thread's rows.
-  let voxels = "";
-  for (let j = 0; planes && j < BK; j++) {
-    voxels += `let oy${j} = i32((v0 + ${j}u) / ${ow}u); let ox${j} = i32((v0 + ${j}u) % ${ow}u);\n`;
-  }
-  const len = planes ? oh * ow : ow; // voxels in a unit
-  for (let q = 0; q < nb * BK / threads; q++) {
-    loadB += `{ let c = t / 16u + ${(threads / 16) * q}u; var b = 0.0;
-      if (vok && cb + c < ${cout}u) { b = DY[yb + c * ${od * oh * ow}u + v0 + j]; }
-      Bs[j * ${bRow}u + c / 4u][c % 4u] = b; }\n`;
-  }
+  const b = [0, 1, 2, 3].map((q) =>
+    `if (cb + c + ${q}u < ${cout}u) { b.${"xyzw"[q]} = DY[yb + (c + ${q}u) * ${od * oh * ow}u + v0 + j]; }`
+  );
+  const loadB = `for (var e = t; e < ${4 * nb}u; e += ${threads}u) { // voxel j, channels c .. c + 3
+        let j = e % 16u; let c = (e / 16u) * 4u; var b = vec4f(0.0);
+        if (v0 + j < ${len}u) { ${b.join(" ")} }
+        Bs[j * ${bRow}u + c / 4u] = b;
+      }\n`;
+  let stores = "";
   for (let rr = 0; rr < 8; rr++) {
     stores += `{ let row = wg.x * ${BM}u + rg * 8u + ${rr}u; if (row < ${r}u) {\n`;
     for (let j = 0; j < nv; j++) {
@@ -150,7 +161,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let cb = wg.y * ${nb}u;
   let rg = t / ${cgs}u;
   let cg = t % ${cgs}u;
-  let j = t % 16u; // this thread's voxel of Bs
+  let jv = ${vpt}u * (t / 64u); // this thread's first voxel of As
   ${acc.map((c) => `var ${c} = vec4f(0.0);`).join(" ")}
   let q1 = min((wg.z + 1u) * u.unitsPer, u.units);
   for (var q = wg.z * u.unitsPer; q < q1; q++) { // a unit: output plane (n, oz) or row (n, oz, oy)
@@ -163,7 +174,6 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     for (var v0 = 0u; v0 < ${len}u; v0 += ${BK}u) { // the unit's voxels v0 ..
       ${voxels}
       ${loadA}
-      let vok = v0 + j < ${len}u;
       ${loadB}
       workgroupBarrier();
       ${inner}
