@@ -13,14 +13,15 @@
 // Layouts: the source [N,K,D,H,W] and the result [N,N',OD,OH,OW] stay NCDHW, as everywhere: the GEMM reads the one and
 // writes the other where they are, with no transposed copies. Its rows are one sample's output voxels, its columns the
 // output channels, its reduction runs over taps, then source channels in steps of 16. The weights are reordered to N
-// blocks of [T^3][K][NB] (tap-major K), NB <= 128 output channels. A workgroup takes 256 consecutive output voxels x the
-// NB channels of one block; each thread 8 voxels x NB/8 channels (NB/4 for NB = 32: registerTile). Each step stages
+// blocks of [T^3][K][NB] (tap-major K), NB <= 128 output channels. A workgroup takes 256 consecutive output voxels x
+// the NB channels of one block; each thread 8 voxels x NB/8 channels (NB/4 for NB = 32: registerTile). Each step stages
 // [16 channels][256 voxels] of the source in workgroup memory, each thread loading 4 channels of 4 consecutive voxels
 // (consecutive threads, consecutive quads; a voxel's position is decoded once, its source offset once per tap) and
-// writing whole vec4s, and [16][NB] of the weights. A stride-2 forward reads x's space-to-depth from x itself: channel 8c + 4rd + 2rh + rw of space-to-depth
-// voxel m is x[c][2m + (rd, rh, rw) - 1] (zero outside x). The result leaves through workgroup memory, 32 to 128 voxels
-// x NB channels at a time, so that consecutive threads store consecutive voxels, + bias; a stride-2 input gradient's
-// result, dx's space-to-depth, is stored at dx's voxels by the same map backwards.
+// writing whole vec4s, and [16][NB] of the weights. A stride-2 forward reads x's space-to-depth from x itself: channel
+// 8c + 4rd + 2rh + rw of space-to-depth voxel m is x[c][2m + (rd, rh, rw) - 1] (zero outside x). The result leaves
+// through workgroup memory, 32 to 128 voxels x NB channels at a time, so that consecutive threads store consecutive
+// voxels, + bias; a stride-2 input gradient's result, dx's space-to-depth, is stored at dx's voxels by the same map
+// backwards.
 // A dispatch takes one block, or where a volume has few voxels (the deep levels, the discriminator's last
 // convolutions) several (grid z), up to CL_SPLIT.workgroups workgroups; below that the taps are split over more, each
 // split writing partials laid out as its result (at most CL_PARTS bytes), which conv3d_sum_parts sums into it (split 0
