@@ -49,8 +49,9 @@ export const inferCommands: Record<string, Command> = {
       "  --seed S              seed of the dropout masks; each subject restarts from it (default 0)\n" +
       "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis\n" +
       "  --f16                 store activations as 16-bit floats (half the GPU memory; arithmetic stays 32-bit;\n" +
-      "                        needs the adapter's shader-f16; not with --uncertainty mc). Labels can differ from\n" +
-      "                        the default where two classes are nearly tied (docs/performance.md)\n" +
+      "                        needs the adapter's shader-f16; not with --uncertainty mc or --conv-kernel tuned).\n" +
+      "                        Labels can differ from the default where two classes are nearly tied\n" +
+      "                        (docs/performance.md)\n" +
       CONV_KERNEL_HELP,
     options: {
       preprocessed: { type: "boolean" },

@@ -707,11 +707,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
   };
 }
 
-const SUM_PARTS: Kernel = {
-  name: "conv3d_sum_parts",
-  wgsl: `
+const sumPartsKernel = (t: Storage): Kernel => ({
+  name: t === "f32" ? "conv3d_sum_parts" : `conv3d_sum_parts_${t}`,
+  wgsl: `${enables(t)}
 @group(0) @binding(0) var<storage, read> P: array<f32>;
-@group(0) @binding(1) var<storage, read_write> O: array<f32>;
+@group(0) @binding(1) var<storage, read_write> O: array<${t}>;
 struct U { m: u32, parts: u32, gridx: u32, shift: u32 }
 @group(0) @binding(2) var<uniform> u: U;
 @compute @workgroup_size(256)
@@ -720,16 +720,25 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   if (i >= u.m) { return; }
   var s = 0.0;
   for (var p = 0u; p < u.parts; p++) { s += P[p * u.m + i]; }
-  O[u.shift + i] = s;
+  O[u.shift + i] = ${toStorage(t, "s")};
 }`,
-};
+});
+const SUM_PARTS = { f32: sumPartsKernel("f32"), f16: sumPartsKernel("f16") };
 
-/** out[first + i] = sum over `count` parts of parts[part * m + i], for i < m. */
-export function sumParts(g: Gpu, parts: GPUBuffer, out: GPUBuffer, m: number, count: number, first = 0) {
+/** out[first + i] = sum over `count` parts of parts[part * m + i], for i < m; out is stored as t. */
+export function sumParts(
+  g: Gpu,
+  parts: GPUBuffer,
+  out: GPUBuffer,
+  m: number,
+  count: number,
+  first = 0,
+  t: Storage = "f32",
+) {
   const grid = grid1d(g, Math.ceil(m / 256));
-  const o = bindingWindow(g, first, m);
+  const o = bindingWindow(g, first, m, STORAGE_BYTES[t]);
   g.dispatch(
-    SUM_PARTS,
+    SUM_PARTS[t],
     [{ buffer: parts, size: m * count * 4 }, { buffer: out, offset: o.offset, size: o.size }],
     new Uint32Array([m, count, grid[0], o.shift]),
     grid,

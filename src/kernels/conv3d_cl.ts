@@ -25,11 +25,12 @@
 // A dispatch takes one block, or where a volume has few voxels (the deep levels, the discriminator's last
 // convolutions) several (grid z), up to CL_SPLIT.workgroups workgroups; below that the taps are split over more, each
 // split writing partials laid out as its result (at most CL_PARTS bytes), which conv3d_sum_parts sums into it (split 0
-// adds the bias). Every tensor is bound whole, so each must fit one binding. Nothing is saved; the scratch is the
+// adds the bias). A forward may read and write f16 (inference, `--f16`): arithmetic and partials stay f32, each stored
+// value rounded once. Every tensor is bound whole, so each must fit one binding. Nothing is saved; the scratch is the
 // reordered weights and any partials. The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
-import { type Gpu, grid1d, type Kernel } from "./device.ts";
+import { enables, type Gpu, grid1d, type Kernel, type Storage, STORAGE_BYTES, toStorage } from "./device.ts";
 
 export const BM = 256, BK = 16;
 /** The most partials of a split reduction held at once. */
@@ -43,6 +44,9 @@ const CL_PARTS = 256 * 2 ** 20;
 export const CL_SPLIT = { workgroups: 512, minK: 256 };
 
 export type ClPass = "forward" | "input_grad";
+const F32: [Storage, Storage] = ["f32", "f32"];
+/** Bytes of n elements stored as t, as bound (a multiple of 4). */
+const bytes = (n: number, t: Storage) => Math.ceil((n * STORAGE_BYTES[t]) / 4) * 4;
 
 /**
  * The least share of the GEMM's work that must be real: channel counts not a multiple of 16 (K) or 32 (N) are padded
@@ -66,12 +70,16 @@ export interface Plan {
   x: number[]; // [D, H, W] of x: what a stride-2 forward reads, what its input gradient writes
   weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
   splits: number; // parts the taps are split into (1: none); split i takes taps [i T^3 / splits, (i+1) T^3 / splits)
+  types: [src: Storage, dst: Storage]; // the source's and the result's storage (f16: a forward, for inference)
 }
 
-/** The plan for a pass of this convolution, or null when the channels-last kernel does not take it. */
-export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | null {
+/**
+ * The plan for a pass of this convolution, or null when the channels-last kernel does not take it; `types`, the
+ * source's and the result's storage, are f32 but for a forward (f16 for inference).
+ */
+export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types: Plan["types"] = F32): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
-  let q: Omit<Plan, "nb" | "bpd" | "splits" | "k" | "n">;
+  let q: Omit<Plan, "nb" | "bpd" | "splits" | "k" | "n" | "types">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
     const [kReal, nReal] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
     q = { kReal, nReal, taps: 3, pad: 1, src: vol, out: vol, x: vol, weights: pass === "forward" ? 0 : 1 };
@@ -88,10 +96,12 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
   const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
   // Each tensor is bound whole, and so are the reordered (padded) weights when one dispatch takes every block.
-  const whole = [s.n * srcC * srcV, s.n * dstC * dstV, s.cout * s.cin * s.k ** 3, p.taps ** 3 * p.k * p.n];
+  const whole = [bytes(s.n * srcC * srcV, types[0]), bytes(s.n * dstC * dstV, types[1]), 4 * s.cout * s.cin * s.k ** 3];
+  whole.push(4 * p.taps ** 3 * p.k * p.n);
   const nvox = p.out[0] * p.out[1] * p.out[2], tiles = Math.ceil(nvox / BM);
   const gy = Math.ceil(tiles / Math.min(tiles, g.maxWorkgroupsPerDim));
-  if (nb < 32 || !whole.every((e) => e * 4 <= g.maxBinding) || gy > g.maxWorkgroupsPerDim) return null;
+  if (pass !== "forward" && types.some((t) => t !== "f32")) throw new Error(`conv3d channels-last ${pass}: f32 only`);
+  if (nb < 32 || !whole.every((b) => b <= g.maxBinding) || gy > g.maxWorkgroupsPerDim) return null;
   // A volume of few voxels (the deep levels, the discriminator's last convolutions) makes too few workgroups to fill
   // a GPU: one dispatch then takes several blocks, and the taps are split over up to T^3 workgroups each, as far as
   // their partials fit CL_PARTS (and one binding). Blocks x splits go along grid z.
@@ -100,12 +110,12 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass): Plan | n
   const most = Math.max(1, Math.floor(t3 / Math.ceil(CL_SPLIT.minK / p.k))); // splits of at least minK, taps spread
   let splits = Math.min(most, Math.ceil(CL_SPLIT.workgroups / (tiles * bpd)), Math.floor(zMax / bpd));
   while (splits > 1 && splits * nvox * nb * bpd * 4 > Math.min(CL_PARTS, g.maxBinding)) splits--;
-  return { ...p, nb, bpd, splits };
+  return { ...p, nb, bpd, splits, types };
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
-export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean {
-  return channelsLastPlan(g, s, pass) !== null;
+export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass, types: Plan["types"] = F32): boolean {
+  return channelsLastPlan(g, s, pass, types) !== null;
 }
 
 /**
@@ -175,7 +185,7 @@ function gemmKernel(p: Plan, nb: number): Kernel {
         if (!s2d) {
           const ch = `(ci0 + 4u * ${g} + ${cc}u)`;
           const ok = padK ? `ok${j} && ${ch} < ${kReal}u` : `ok${j}`;
-          return `select(0.0, X[at${j} + ${padK ? `min(${ch}, ${kReal - 1}u)` : ch} * ${sv}u], ${ok})`;
+          return `select(0.0, f32(X[at${j} + ${padK ? `min(${ch}, ${kReal - 1}u)` : ch} * ${sv}u]), ${ok})`;
         }
         const [rh, rw] = [cc >> 1, cc & 1], ch = `(ci0 / 8u + ${g} / 2u)`;
         const ok = [
@@ -185,7 +195,7 @@ function gemmKernel(p: Plan, nb: number): Kernel {
         ];
         if (padK) ok.push(`${ch} < ${kReal / 8}u`);
         const voxel = `min(u32(max(s${j} + i32(rd${i}) * ${hw} + ${rh * xw + rw}, 0)), ${xv - 1}u)`;
-        return `select(0.0, X[u.xb + ${padK ? `min(${ch}, ${kReal / 8 - 1}u)` : ch} * ${xv}u + ${voxel}], ` +
+        return `select(0.0, f32(X[u.xb + ${padK ? `min(${ch}, ${kReal / 8 - 1}u)` : ch} * ${xv}u + ${voxel}]), ` +
           `${ok.join(" && ")})`;
       });
       loads += `As[(4u * ${g} + ${cc}u) * 64u + t % 64u] = vec4f(${v.join(",\n  ")});\n`;
@@ -211,20 +221,22 @@ function gemmKernel(p: Plan, nb: number): Kernel {
       let e = ((2 * z - 1) * ${xh} + 2 * y - 1) * ${xw} + 2 * x - 1;
       let lo = vec3<bool>(z > 0, y > 0, x > 0); let hi = vec3<bool>(2 * z < ${xd}, 2 * y < ${xh}, 2 * x < ${xw});`
     : "";
+  // Split partials are f32; the result is stored as its type (f16 saturating).
+  const [xt, yt] = [p.types[0], p.splits > 1 ? "f32" : p.types[1]], put = toStorage(yt, "a");
   const store = d2s
     ? `let r = vec3<bool>(col % 8u >= 4u, col % 4u >= 2u, col % 2u == 1u);
       if (all(select(lo, hi, r))) {
-        Y[u.yb + split * u.part + (col / 8u) * ${xv}u + u32(e + dot(vec3i(r), vec3i(${xh * xw}, ${xw}, 1)))] = a;
+        Y[u.yb + split * u.part + (col / 8u) * ${xv}u + u32(e + dot(vec3i(r), vec3i(${xh * xw}, ${xw}, 1)))] = ${put};
       }`
-    : `Y[u.yb + split * u.part + col * ${nvox}u + o] = a;`;
+    : `Y[u.yb + split * u.part + col * ${nvox}u + o] = ${put};`;
   const bvecs = BK * nb / 4;
   return {
-    name: `conv3d_cl_gemm_m${p.weights}_t${t}p${pad}_${kReal}/${k}x${nb}_${p.src}_${p.out}_${p.x}`,
-    wgsl: `
-@group(0) @binding(0) var<storage, read> X: array<f32>; // the source, NCDHW
+    name: `conv3d_cl_gemm_m${p.weights}_t${t}p${pad}_${kReal}/${k}x${nb}_${p.src}_${p.out}_${p.x}_${xt}_${yt}`,
+    wgsl: `${enables(xt, yt)}
+@group(0) @binding(0) var<storage, read> X: array<${xt}>; // the source, NCDHW
 @group(0) @binding(1) var<storage, read> Wt: array<vec4f>; // [count][T^3][K][NB]
 @group(0) @binding(2) var<storage, read> B: array<f32>; // the bias, where u.bias
-@group(0) @binding(3) var<storage, read_write> Y: array<f32>; // the result, NCDHW, or its partials
+@group(0) @binding(3) var<storage, read_write> Y: array<${yt}>; // the result, NCDHW, or its partials
 struct U { gridx: u32, splits: u32, xb: u32, yb: u32, part: u32, n0: u32, ncols: u32, bias: u32 }
 @group(0) @binding(4) var<uniform> u: U;
 var<workgroup> As: array<vec4f, ${BK * BM / 4}>; // [16 channels][256 voxels]
@@ -313,9 +325,18 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
 }`,
 };
 
-/** out = conv(src, w) (+ bias) per sample through the GEMM, for the pass's plan. */
-function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer, b: GPUBuffer | null, out: GPUBuffer) {
-  const p = channelsLastPlan(g, s, pass);
+/** out = conv(src, w) (+ bias) per sample through the GEMM, for the pass's plan, src and out stored as `types`. */
+function run(
+  g: Gpu,
+  s: Conv3dShape,
+  pass: ClPass,
+  src: GPUBuffer,
+  w: GPUBuffer,
+  b: GPUBuffer | null,
+  out: GPUBuffer,
+  types = F32,
+) {
+  const p = channelsLastPlan(g, s, pass, types);
   if (!p) {
     throw new Error(
       `conv3d channels-last ${pass === "forward" ? "forward" : "input gradient"}: [${s.n},${s.cin},${s.d},${s.h},` +
@@ -343,7 +364,8 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
       g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
     }
     const tiles = Math.ceil(nvox / BM), gx = Math.min(tiles, g.maxWorkgroupsPerDim), gy = Math.ceil(tiles / gx);
-    const xb = { buffer: src, size: s.n * srcC * srcV * 4 }, yb = { buffer: out, size: at(s.n * p.nReal) * 4 };
+    const xb = { buffer: src, size: bytes(s.n * srcC * srcV, types[0]) };
+    const yb = { buffer: out, size: bytes(at(s.n * p.nReal), types[1]) };
     for (let i = 0; i < s.n; i++) {
       for (const { n0, nb, count } of groups) {
         // The dispatch's real columns (a padded last block's padding is not stored) and where they go.
@@ -352,7 +374,7 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
         const wb = { buffer: wt, offset: n0 * t3 * p.k * 4, size: count * nb * t3 * p.k * 4 };
         const dst = parts ? { buffer: parts, size: splits * at(ncols) * 4 } : yb;
         g.dispatch(gemmKernel(p, nb), [xb, wb, b ? { buffer: b } : wb, dst], u, [gx, gy, count * splits]);
-        if (parts) sumParts(g, parts, out, at(ncols), splits, first);
+        if (parts) sumParts(g, parts, out, at(ncols), splits, first, types[1]);
       }
     }
   } finally {
@@ -360,7 +382,10 @@ function run(g: Gpu, s: Conv3dShape, pass: ClPass, src: GPUBuffer, w: GPUBuffer,
   }
 }
 
-/** y = conv3d(x, w) + b through the channels-last GEMM; s must be eligible (channelsLastTakes). */
+/**
+ * y = conv3d(x, w) + b through the channels-last GEMM, x and y stored as `types` (f16 for inference); s must be
+ * eligible (channelsLastTakes).
+ */
 export function conv3dForwardChannelsLast(
   g: Gpu,
   s: Conv3dShape,
@@ -368,8 +393,9 @@ export function conv3dForwardChannelsLast(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
+  types = F32,
 ) {
-  run(g, s, "forward", x, w, b, y);
+  run(g, s, "forward", x, w, b, y, types);
 }
 
 /**

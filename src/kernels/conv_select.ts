@@ -7,7 +7,8 @@
 // - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there
 //   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
 //   gather.
-// f16 storage and ineligible shapes always run the gather kernel. Channels-last holds the reordered weights and any
+// Ineligible shapes always run the gather kernel; with f16 storage (inference) "channels-last" runs its forward GEMM in
+// f16, and "tuned", which times f32 kernels, is refused. Channels-last holds the reordered weights and any
 // partials of taps split over workgroups (at most 256 MiB) during a forward or input gradient, and its split-K partials
 // (at most 256 MiB) during a weight gradient.
 
@@ -45,10 +46,10 @@ function table(g: Gpu): Table {
 const key = (s: Conv3dShape, pass: ConvPass) =>
   `${pass} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
 
-/** Why this mode cannot run with f16 storage (channels-last runs in f32 only), or null when it can. */
+/** Why this mode cannot run with f16 storage (tuning times the f32 kernels), or null when it can. */
 export function f16Conflict(mode: ConvKernels | undefined): string | null {
-  return mode && mode !== "gather"
-    ? `--conv-kernel ${mode} does not combine with --f16 (channels-last runs in f32 only)`
+  return mode === "tuned"
+    ? "--conv-kernel tuned does not combine with --f16 (it times f32 kernels); use gather or channels-last"
     : null;
 }
 
@@ -83,8 +84,8 @@ export function convForward(
   y: GPUBuffer,
   types: [x: Storage, y: Storage] = ["f32", "f32"],
 ) {
-  const f32 = types[0] === "f32" && types[1] === "f32";
-  if (f32 && convVariant(g, s, "forward") === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y);
+  // f16 storage takes no more binding room than f32, so an f32-eligible shape is eligible in f16 too.
+  if (convVariant(g, s, "forward") === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y, types);
   else conv3dForward(g, s, x, w, b, y, types);
 }
 

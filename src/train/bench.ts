@@ -377,7 +377,8 @@ export const benchCommand: Command = {
     "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)\n" +
     "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
     "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)\n" +
-    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)\n" +
+    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16; not with\n" +
+    "             --conv-kernel tuned)\n" +
     '  --conv     with --mode conv: only the convolutions whose name contains this text (e.g. disc_, "unet L0")\n' +
     CONV_KERNEL_HELP + "\n" +
     '                        (modes infer, pretrain, hadnet; tuned: not with --plan, one "tune" line per choice)',

@@ -6,6 +6,7 @@
 import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import assert from "node:assert/strict";
 import * as C from "../../src/kernels/conv3d.ts";
+import { CL_SPLIT } from "../../src/kernels/conv3d_cl.ts";
 import { instanceNormRef } from "../../src/kernels/norm.ts";
 import { maxPool2Ref } from "../../src/kernels/pool.ts";
 import { resizeNearestRef } from "../../src/kernels/resize.ts";
@@ -68,14 +69,43 @@ Deno.test("f16 conv3d forward: f32 -> f16, f16 -> f16 and f16 -> f32 (the U-Net'
   await convCase([2, 5, 6, 7, 5], 6, 3, 1, 1, ["f16", "f16"]);
   await convCase([1, 6, 7, 5, 9], 4, 1, 1, 0, ["f16", "f32"]);
   await convCase([1, 5, 8, 6, 10], 7, 4, 2, 1, ["f16", "f16"]);
-  // Channels-last (f32 only) would take this shape; f16 storage keeps it on the gather kernel.
-  const g = await testGpuF16();
+});
+
+Deno.test("f16 conv3d forward through the channels-last GEMM: f32 -> f16, f16 -> f16, stride 2, split taps", async () => {
+  const g = await testGpuF16(), names: string[] = [], dispatch = g.dispatch.bind(g);
+  g.dispatch = (k, ...rest) => (names.push(k.name), dispatch(k, ...rest));
   setConvKernels(g, "channels-last");
   try {
-    await convCase([1, 16, 3, 4, 5], 32, 3, 1, 1, ["f16", "f16"]);
+    await convCase([1, 4, 7, 5, 9], 32, 3, 1, 1, ["f32", "f16"]); // the teacher's first layer: K = 4 of 16
+    await convCase([2, 16, 9, 6, 7], 48, 3, 1, 1, ["f16", "f16"]); // N = 48 of 64; 378 voxels, two tiles
+    await convCase([1, 16, 3, 4, 5], 160, 3, 1, 1, ["f16", "f16"]); // few voxels: blocks of 128 and 32, taps split
+    await convCase([1, 7, 8, 6, 10], 32, 4, 2, 1, ["f16", "f16"]); // stride 2 from x's space-to-depth, K = 56 of 64
+    await convCase([1, 16, 12, 10, 8], 64, 4, 2, 1, ["f16", "f16"]);
+    // Past f16's range the stored value saturates at 65504 (both directions), never an infinity: with the taps split
+    // (these 60 voxels make one tile) and without.
+    for (const wk of [1, 32]) {
+      await scope(async () => {
+        const xs = [1, 16, 3, 4, 5], ws = [32, 16, 3, 3, 3], n = ws.reduce((a, b) => a * b);
+        const x = f16Tensor(g, xs, new Float32Array(960).fill(1));
+        const w = Tensor.from(g, ws, Float32Array.from({ length: n }, (_, i) => (i < n / 2 ? 3000 : -3000)));
+        const saved = { ...CL_SPLIT };
+        Object.assign(CL_SPLIT, { workgroups: wk, minK: 16 });
+        try {
+          const [y] = await readAll([noGrad(() => conv3d(x, w, null, 1, 1, "f16"))]);
+          assert.ok(y.every((v) => Math.abs(v) === 65504), `saturated (${wk} workgroups wanted): ${y.slice(0, 4)}`);
+        } finally {
+          Object.assign(CL_SPLIT, saved);
+        }
+      });
+    }
   } finally {
     setConvKernels(g, "gather");
+    Reflect.deleteProperty(g, "dispatch");
   }
+  // The GEMMs ran, storing f16 (directly, or through f32 partials summed into f16), and no gather kernel did.
+  assert.ok(names.some((n) => n.startsWith("conv3d_cl_gemm") && n.endsWith("_f16")), names.join(" "));
+  assert.ok(names.includes("conv3d_sum_parts_f16"), names.join(" "));
+  assert.ok(!names.some((n) => n.startsWith("conv3d_gather")), names.join(" "));
 });
 
 Deno.test("f16 conv3d forward: split-K on small planes, and windows of a lowered binding limit", async () => {

@@ -46,7 +46,9 @@ Deno.test("no kernel writes one component of a vector in memory (every mode and 
         await benchCommand.run({ ...base, mode, "conv-kernel": kernels }, []);
       }
     }
-    await benchCommand.run({ ...base, mode: "infer", f16: true }, []);
+    for (const kernels of ["gather", "channels-last"]) {
+      await benchCommand.run({ ...base, mode: "infer", f16: true, "conv-kernel": kernels }, []);
+    }
   } finally {
     Gpu.prototype.dispatch = dispatch;
     console.log = log;

@@ -257,8 +257,8 @@ Deno.test("bench refuses --conv-kernel where it cannot apply, and --conv outside
   await assert.rejects(() => run({ plan: true, "conv-kernel": "tuned" }), /cannot time them to tune/);
   await assert.rejects(() => run({ warmup: "0", "conv-kernel": "tuned" }), /needs --warmup >= 1/);
   await assert.rejects(
-    () => run({ mode: "infer", f16: true, "conv-kernel": "channels-last" }),
-    /--conv-kernel channels-last does not combine with --f16/,
+    () => run({ mode: "infer", f16: true, "conv-kernel": "tuned" }),
+    /--conv-kernel tuned does not combine with --f16 \(it times f32 kernels\); use gather or channels-last/,
   );
   await assert.rejects(
     () => run({ "conv-kernel": "fast" }),

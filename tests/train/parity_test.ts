@@ -2,6 +2,8 @@
 // made here by Debian's PyTorch 1.13 (k = 3, not a multiple of 4; 40x32x48, not a multiple of 16, so the U-Net's
 // nearest resizes see non-integer ratios; .pth files written by an older torch.save).
 import assert from "node:assert/strict";
+import { gpu } from "../../src/kernels/device.ts";
+import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import { F16_TOL, runParity } from "../../src/train/parity.ts";
 
 const SHARED = new URL("../../../shared/fixtures/pytorch-golden", import.meta.url).pathname;
@@ -31,6 +33,31 @@ function assertParity(r: Awaited<ReturnType<typeof runParity>>) {
 
 Deno.test("parity with the shared PyTorch golden fixtures (.pth and .safetensors)", async () => {
   assertParity(await runParity(SHARED));
+});
+
+Deno.test("parity through the channels-last GEMMs: forward, both gradients, and f16 inference", async () => {
+  // The same fixtures with every eligible pass on the GEMMs (conv3d_cl.ts, conv3d_cl_dw.ts) instead of the gather
+  // kernels: the same tolerances hold.
+  const g = await gpu(), names = new Set<string>(), dispatch = g.dispatch.bind(g);
+  g.dispatch = (k, ...rest) => (names.add(k.name), dispatch(k, ...rest));
+  setConvKernels(g, "channels-last");
+  try {
+    assertParity(await runParity(SHARED));
+  } finally {
+    setConvKernels(g, "gather");
+    Reflect.deleteProperty(g, "dispatch");
+  }
+  const ran = (re: RegExp) => [...names].some((n) => re.test(n));
+  for (
+    const re of [
+      /^conv3d_cl_gemm_m0.*_f32_f32$/,
+      /^conv3d_cl_gemm_m[02].*_f16$/,
+      /^conv3d_cl_gemm_m[13]/,
+      /^conv3d_cl_dw/,
+    ]
+  ) {
+    assert.ok(ran(re), `${re} in ${[...names]}`);
+  }
 });
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
