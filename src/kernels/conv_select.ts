@@ -8,7 +8,7 @@
 //   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
 //   gather.
 // Ineligible shapes always run the gather kernel; with f16 storage (inference) "channels-last" runs its forward GEMM in
-// f16, and "tuned", which times f32 kernels, is refused. Channels-last holds the reordered weights and any
+// f16, and the commands refuse "tuned" (f16Conflict), which times f32 kernels. Channels-last holds the reordered weights and any
 // partials of taps split over workgroups (at most 256 MiB) during a forward or input gradient, and its split-K partials
 // (at most 256 MiB) during a weight gradient.
 

@@ -78,9 +78,21 @@ Deno.test("f16 conv3d forward through the channels-last GEMM: f32 -> f16, f16 ->
   try {
     await convCase([1, 4, 7, 5, 9], 32, 3, 1, 1, ["f32", "f16"]); // the teacher's first layer: K = 4 of 16
     await convCase([2, 16, 9, 6, 7], 48, 3, 1, 1, ["f16", "f16"]); // N = 48 of 64; 378 voxels, two tiles
-    await convCase([1, 16, 3, 4, 5], 160, 3, 1, 1, ["f16", "f16"]); // few voxels: blocks of 128 and 32, taps split
+    await convCase([1, 16, 3, 4, 5], 160, 3, 1, 1, ["f16", "f16"]); // few voxels: blocks of 128 and 32 in one dispatch
     await convCase([1, 7, 8, 6, 10], 32, 4, 2, 1, ["f16", "f16"]); // stride 2 from x's space-to-depth, K = 56 of 64
     await convCase([1, 16, 12, 10, 8], 64, 4, 2, 1, ["f16", "f16"]);
+    // Taps split (splits of 16 channels x 1 tap allowed): f32 partials summed into f16 (or f32) at the odd offsets of a
+    // second sample and a second dispatch of columns.
+    const saved = { ...CL_SPLIT };
+    Object.assign(CL_SPLIT, { workgroups: 64, minK: 16 });
+    try {
+      await convCase([2, 16, 3, 3, 5], 161, 3, 1, 1, ["f16", "f16"]); // blocks of 128 and 64, 27 splits
+      await convCase([2, 16, 3, 3, 5], 33, 3, 1, 1, ["f32", "f16"]);
+      await convCase([2, 16, 3, 3, 5], 33, 3, 1, 1, ["f16", "f32"]);
+      await convCase([2, 5, 6, 4, 6], 33, 4, 2, 1, ["f16", "f16"]); // stride 2: 8 splits
+    } finally {
+      Object.assign(CL_SPLIT, saved);
+    }
     // Past f16's range the stored value saturates at 65504 (both directions), never an infinity: with the taps split
     // (these 60 voxels make one tile) and without.
     for (const wk of [1, 32]) {

@@ -57,6 +57,7 @@ Deno.test("no kernel writes one component of a vector in memory (every mode and 
   for (const n of ["conv3d", "inorm", "adam"]) {
     assert.ok([...names].some((m) => m.startsWith(n)), `${n} in ${[...names]}`);
   }
+  assert.ok([...seen.keys()].some((k) => /^conv3d_cl_gemm[^|]*_f16\|/.test(k)), "the f16 GEMMs were scanned");
   const found = [...seen].flatMap(([key, wgsl]) => laneWrites(wgsl).map((w) => `${key.split("|")[0]}: ${w}`));
   assert.deepEqual(found, [], `of ${seen.size} kernels`);
 });
