@@ -2,7 +2,7 @@
 # The side-by-side run for a GPU machine, in one call (docs/performance.md). Prepare here first:
 #   bash ../shared/device/prepare.sh
 # then run on the device, carrying .gpu, with a limit that leaves room to rerun (order: PyTorch fp32, hadnet infer,
-# pretrain, hadnet, conv, pretrain, infer and hadnet with tuned kernels, f16 inference with gather and channels-last,
+# pretrain, hadnet, conv, pretrain, infer and hadnet with tuned kernels, f16 inference with gather and tuned kernels,
 # PyTorch TF32, a profiled pretrain step):
 #   source .gpu/on-device.sh && bash tools/device_bench.sh
 # Every result is appended at once to $OUT/bench.jsonl (hadnet and PyTorch lines alike), each step has its own time
@@ -42,9 +42,9 @@ step 120 "${hadnet[@]}" --mode conv --iters 3 --warmup 1
 step 150 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel tuned
 step 90 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --conv-kernel tuned
 step 150 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel tuned # the discriminator's passes too
-# Inference with f16 activations, on each kernel.
+# Inference with f16 activations: the gather kernel, then each shape's faster kernel (the "tune" lines give both).
 step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16
-step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16 --conv-kernel channels-last
+step 90 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16 --conv-kernel tuned
 for m in infer pretrain hadnet; do step 60 "${torch[@]}" --mode "$m" --tf32 on; done
 step 150 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --profile
 echo "results: $out ($(wc -l <"$out") lines)" >&2

@@ -49,7 +49,7 @@ export const inferCommands: Record<string, Command> = {
       "  --seed S              seed of the dropout masks; each subject restarts from it (default 0)\n" +
       "  --min-et N            enhancing-tumour components (26-connected) smaller than N voxels become necrosis\n" +
       "  --f16                 store activations as 16-bit floats (half the GPU memory; arithmetic stays 32-bit;\n" +
-      "                        needs the adapter's shader-f16; not with --uncertainty mc or --conv-kernel tuned).\n" +
+      "                        needs the adapter's shader-f16; not with --uncertainty mc).\n" +
       "                        Labels can differ from the default where two classes are nearly tied\n" +
       "                        (docs/performance.md)\n" +
       CONV_KERNEL_HELP,
@@ -110,10 +110,8 @@ export const inferCommands: Record<string, Command> = {
         ids = isFile ? await readIdList(s) : s.split(",").map((x) => x.trim()).filter((x) => x !== "");
         if (!ids.length) throw new UsageError(`--ids ${s}: no ids`);
       }
-      const { CONV_KERNELS, f16Conflict } = await import("../kernels/conv_select.ts");
+      const { CONV_KERNELS } = await import("../kernels/conv_select.ts");
       const convKernels = choiceOpt(v["conv-kernel"], "--conv-kernel", CONV_KERNELS);
-      const conflict = v.f16 === true ? f16Conflict(convKernels) : null;
-      if (conflict) throw new UsageError(conflict);
       const { gpu } = await import("../kernels/device.ts");
       const { runInference } = await import("./infer.ts");
       const summary = await runInference(await gpu(), {

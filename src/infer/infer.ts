@@ -19,7 +19,7 @@
 // running statistics), one Rng(seed) per subject so results do not depend on which subjects run before; the label
 // map stays the eval-mode one whatever the uncertainty mode.
 
-import { type ConvKernels, f16Conflict, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
+import { type ConvKernels, setConvKernels, tuneConvs } from "../kernels/conv_select.ts";
 import { discoverSubjects, type Key, requiredFiles, type Seq, SEQUENCES, type SubjectSource } from "../data/brats.ts";
 import {
   gradeDir,
@@ -83,7 +83,7 @@ export interface InferOptions {
   minEt?: number;
   /** Store activations as f16 (the adapter's shader-f16; not with MC dropout). */
   f16?: boolean;
-  /** How convolution kernels are picked (conv_select.ts; default gather; not tuned with f16 storage). */
+  /** How convolution kernels are picked (conv_select.ts; default gather). */
   convKernels?: ConvKernels;
   /** Progress and messages; default stderr. */
   write?: (text: string) => void;
@@ -474,8 +474,6 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (o.f16 && !g.features.has("shader-f16")) {
     throw new Error(`--f16 needs the adapter's shader-f16 feature, which ${g.adapterName} lacks`);
   }
-  const conflict = o.f16 ? f16Conflict(o.convKernels) : null;
-  if (conflict) throw new Error(conflict);
   setConvKernels(g, o.convKernels ?? "gather");
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
   const semantics = await loadSemantics(o.semantics);

@@ -7,8 +7,8 @@
 // - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there
 //   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
 //   gather.
-// Ineligible shapes always run the gather kernel; with f16 storage (inference) "channels-last" runs its forward GEMM in
-// f16, and the commands refuse "tuned" (f16Conflict), which times f32 kernels. Channels-last holds the reordered weights and any
+// Ineligible shapes always run the gather kernel; with f16 storage (inference) the forward GEMM runs in f16, and tuned
+// mode times both kernels in f16 (a shape's f16 and f32 forwards are separate choices). Channels-last holds the reordered weights and any
 // partials of taps split over workgroups (at most 256 MiB) during a forward or input gradient, and its split-K partials
 // (at most 256 MiB) during a weight gradient.
 
@@ -20,7 +20,7 @@ import {
   conv3dForwardChannelsLast,
 } from "./conv3d_cl.ts";
 import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "./conv3d_cl_dw.ts";
-import type { Gpu, Storage } from "./device.ts";
+import { type Gpu, type Storage, STORAGE_BYTES } from "./device.ts";
 import { median } from "./profile.ts";
 
 export type ConvPass = ClPass | "weight_grad";
@@ -28,12 +28,15 @@ export const CONV_PASSES: readonly ConvPass[] = ["forward", "input_grad", "weigh
 export type ConvVariant = "gather" | "channels-last";
 export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
 export type ConvKernels = typeof CONV_KERNELS[number];
+/** Storage of a pass's source and result: f32 but for an inference forward (f16). */
+type Types = [x: Storage, y: Storage];
+const F32: Types = ["f32", "f32"];
 
 interface Table {
   mode: ConvKernels;
   chosen: Map<string, ConvVariant>;
   /** Eligible shapes seen in tuned mode and not yet timed. */
-  pending: Map<string, { s: Conv3dShape; pass: ConvPass }>;
+  pending: Map<string, { s: Conv3dShape; pass: ConvPass; types: Types }>;
 }
 const tables = new WeakMap<Gpu, Table>();
 
@@ -43,15 +46,10 @@ function table(g: Gpu): Table {
   return t;
 }
 
-const key = (s: Conv3dShape, pass: ConvPass) =>
-  `${pass} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
-
-/** Why this mode cannot run with f16 storage (tuning times the f32 kernels), or null when it can. */
-export function f16Conflict(mode: ConvKernels | undefined): string | null {
-  return mode === "tuned"
-    ? "--conv-kernel tuned does not combine with --f16 (it times f32 kernels); use gather or channels-last"
-    : null;
-}
+/** A pass, its shape and (where not f32) its storage, as tuning logs it. */
+const key = (s: Conv3dShape, pass: ConvPass, types: Types) =>
+  `${pass}${types.every((t) => t === "f32") ? "" : ` ${types.join("->")}`} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ` +
+  `${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
 
 /** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
 export function setConvKernels(g: Gpu, mode: ConvKernels) {
@@ -64,13 +62,13 @@ export function channelsLastApplies(g: Gpu, s: Conv3dShape, pass: ConvPass): boo
   return pass === "weight_grad" ? dwGemmPlan(g, s) !== null : channelsLastTakes(g, s, pass);
 }
 
-/** The variant a pass of this shape runs now. */
-export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass): ConvVariant {
+/** The variant a pass of this shape (and storage) runs now. */
+export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass, types = F32): ConvVariant {
   const t = table(g);
   if (t.mode === "gather" || !channelsLastApplies(g, s, pass)) return "gather";
   if (t.mode === "channels-last") return "channels-last";
-  const k = key(s, pass), v = t.chosen.get(k);
-  if (!v) t.pending.set(k, { s, pass });
+  const k = key(s, pass, types), v = t.chosen.get(k);
+  if (!v) t.pending.set(k, { s, pass, types });
   return v ?? "gather";
 }
 
@@ -82,10 +80,10 @@ export function convForward(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
-  types: [x: Storage, y: Storage] = ["f32", "f32"],
+  types = F32,
 ) {
   // f16 storage takes no more binding room than f32, so an f32-eligible shape is eligible in f16 too.
-  if (convVariant(g, s, "forward") === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y, types);
+  if (convVariant(g, s, "forward", types) === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y, types);
   else conv3dForward(g, s, x, w, b, y, types);
 }
 
@@ -99,10 +97,13 @@ export interface ConvBuffers {
   dw: GPUBuffer;
 }
 
-/** One pass with the given variant (f32): forward (x, w, b) -> y, input_grad (y, w) -> dx, weight_grad (x, y) -> dw. */
-export function runConvPass(g: Gpu, s: Conv3dShape, pass: ConvPass, v: ConvVariant, t: ConvBuffers) {
+/**
+ * One pass with the given variant: forward (x, w, b) -> y (x and y stored as `types`), input_grad (y, w) -> dx,
+ * weight_grad (x, y) -> dw (f32).
+ */
+export function runConvPass(g: Gpu, s: Conv3dShape, pass: ConvPass, v: ConvVariant, t: ConvBuffers, types = F32) {
   const cl = v === "channels-last";
-  if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, t.x, t.w, t.b, t.y);
+  if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, t.x, t.w, t.b, t.y, types);
   else if (pass === "input_grad") (cl ? conv3dBackwardInputChannelsLast : conv3dBackwardInput)(g, s, t.y, t.w, t.dx);
   else (cl ? conv3dBackwardWeightChannelsLast : conv3dBackwardWeight)(g, s, t.x, t.y, t.dw);
 }
@@ -159,10 +160,11 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
     syncs.push(performance.now() - t0);
   }
   const syncMs = median(syncs); // an empty sync's fixed cost
-  for (const [k, { s, pass }] of t.pending) {
+  for (const [k, { s, pass, types }] of t.pending) {
     const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
-    const [x, w, b, y] = [s.cin * vin, s.cout * s.cin * s.k ** 3, s.cout, s.cout * vout].map((n) => g.alloc(n * 4));
-    const run = (v: ConvVariant) => runConvPass(g, s, pass, v, { x, w, b, y, dx: x, dw: w }); // x as dx, w as dw
+    const sizes = [s.cin * vin * STORAGE_BYTES[types[0]], 4 * s.cout * s.cin * s.k ** 3, 4 * s.cout];
+    const [x, w, b, y] = [...sizes, s.cout * vout * STORAGE_BYTES[types[1]]].map((n) => g.alloc(Math.ceil(n / 4) * 4));
+    const run = (v: ConvVariant) => runConvPass(g, s, pass, v, { x, w, b, y, dx: x, dw: w }, types); // x as dx, w as dw
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
     const variants = ["gather", "channels-last"] as const;
     const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call, the sync's cost taken off

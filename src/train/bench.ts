@@ -17,7 +17,6 @@ import {
   CONV_KERNELS,
   CONV_PASSES,
   type ConvKernels,
-  f16Conflict,
   runConvPass,
   setConvKernels,
   tuneConvs,
@@ -175,8 +174,6 @@ export async function runBench(
   if (o.convKernels && o.convKernels !== "gather" && o.mode === "conv") {
     throw new UsageError("--conv-kernel applies to --mode infer, pretrain and hadnet (--mode conv times every kernel)");
   }
-  const conflict = o.f16 ? f16Conflict(o.convKernels) : null;
-  if (conflict) throw new UsageError(conflict);
   if (o.convKernels === "tuned" && o.plan) {
     throw new UsageError("--plan runs no kernel, so it cannot time them to tune");
   }
@@ -377,8 +374,7 @@ export const benchCommand: Command = {
     "  --profile  also print GPU time per kernel (timestamp queries; adapters without them say so)\n" +
     "  --plan     run on a null device that computes nothing: peak_gib and dispatches only (ms null), at any\n" +
     "             size and without a GPU; its limits are an H100's through Vulkan (2 GiB bindings)\n" +
-    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16; not with\n" +
-    "             --conv-kernel tuned)\n" +
+    "  --f16      with --mode infer: activations stored as f16 (needs the adapter's shader-f16)\n" +
     '  --conv     with --mode conv: only the convolutions whose name contains this text (e.g. disc_, "unet L0")\n' +
     CONV_KERNEL_HELP + "\n" +
     '                        (modes infer, pretrain, hadnet; tuned: not with --plan, one "tune" line per choice)',

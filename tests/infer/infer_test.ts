@@ -124,10 +124,6 @@ Deno.test("infer refuses an unknown --conv-kernel, naming the choices", async ()
     () => inferCommands.infer.run({ "conv-kernel": "fastest" }, ["in", "out"]),
     /--conv-kernel must be one of gather, channels-last, tuned, got "fastest"/,
   );
-  await assert.rejects(
-    () => inferCommands.infer.run({ "conv-kernel": "tuned", f16: true }, ["in", "out"]),
-    /--conv-kernel tuned does not combine with --f16/,
-  );
 });
 
 Deno.test("fitBox/unfit: pad from floor(diff/2), cut from |floor(diff/2)| as the original; unfit inverts", () => {

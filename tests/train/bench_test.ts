@@ -251,15 +251,35 @@ Deno.test("bench --conv-kernel tuned prints one line per measured choice, then t
   assert.ok((rows.at(-1)!.ms_median as number) > 0);
 });
 
+Deno.test("bench --mode infer --f16 --conv-kernel tuned times the f16 forwards, each a choice of its own", async () => {
+  await testGpu();
+  const rows = await cli({
+    mode: "infer",
+    size: "32,32,32",
+    k: "2",
+    iters: "1",
+    warmup: "1",
+    f16: true,
+    "conv-kernel": "tuned",
+  });
+  const tunes = rows.filter((r) => "tune" in r).map((r) => r.tune as Record<string, unknown>);
+  // The teacher's levels 3 and 4 at k=2 (16 and 32 channels), their activations f16.
+  assert.deepEqual(tunes.map((t) => t.conv), [
+    "forward f16->f16 [1,8,4,4,4] -> 16, k3 s1 p1",
+    "forward f16->f16 [1,16,4,4,4] -> 16, k3 s1 p1",
+    "forward f16->f16 [1,16,2,2,2] -> 32, k3 s1 p1",
+    "forward f16->f16 [1,32,2,2,2] -> 16, k3 s1 p1",
+    "forward f16->f16 [1,16,4,4,4] -> 8, k3 s1 p1",
+  ]);
+  for (const t of tunes) assert.ok((t.gather_ms as number) > 0 && (t.channels_last_ms as number) > 0);
+  assert.deepEqual([rows.at(-1)!.storage, rows.at(-1)!.conv_kernels], ["f16", "tuned"]);
+});
+
 Deno.test("bench refuses --conv-kernel where it cannot apply, and --conv outside conv mode or naming nothing", async () => {
   const run = (args: Record<string, unknown>) => benchCommand.run(args, []);
   await assert.rejects(() => run({ mode: "conv", "conv-kernel": "tuned" }), /--mode conv times every kernel/);
   await assert.rejects(() => run({ plan: true, "conv-kernel": "tuned" }), /cannot time them to tune/);
   await assert.rejects(() => run({ warmup: "0", "conv-kernel": "tuned" }), /needs --warmup >= 1/);
-  await assert.rejects(
-    () => run({ mode: "infer", f16: true, "conv-kernel": "tuned" }),
-    /--conv-kernel tuned does not combine with --f16 \(it times f32 kernels\); use gather or channels-last/,
-  );
   await assert.rejects(
     () => run({ "conv-kernel": "fast" }),
     /--conv-kernel must be one of gather, channels-last, tuned/,
