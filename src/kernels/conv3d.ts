@@ -35,13 +35,16 @@
 import {
   bindingWindow,
   enables,
+  F32_PAIR,
   type Gpu,
   grid1d,
   type Kernel,
   planeChunks,
   type Storage,
   STORAGE_BYTES,
+  type StoragePair,
   toStorage,
+  vec4Lanes,
 } from "./device.ts";
 import { cast } from "./elementwise.ts";
 import { spaceToDepth2 } from "./space_to_depth.ts";
@@ -284,9 +287,7 @@ fn main(@builtin(workgroup_id) wg: vec3u,
         let kh = u.tapH + par.y + u.tapStep * i32((tap / ${t}u) % ${t}u);
         let kw = u.tapW + par.z + u.tapStep * i32(tap % ${t}u);
         let wi = u.wShift + (u.coW + oc) * u.wOC + wc * u.wIC + u32((kd * u.k + kh) * u.k + kw);
-        ${
-      [0, 1, 2, 3].map((q) => `if (oc + ${q}u < u.nco) { v.${"xyzw"[q]} = Wt[wi + ${q}u * u.wOC]; }`).join("\n        ")
-    }
+        ${vec4Lanes("v", (q) => [`oc + ${q}u < u.nco`, `Wt[wi + ${q}u * u.wOC]`])}
       }
       ws[e] = v;
     }
@@ -537,7 +538,7 @@ export function conv3dForward(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
-  types: [x: Storage, y: Storage] = ["f32", "f32"],
+  types: StoragePair = F32_PAIR,
 ) {
   const s2d = s.stride === 2;
   const taps = s2d ? s.k / 2 : s.k;
@@ -682,11 +683,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: 
         let yi = yb + oc * u.outPlane + s0 + j;
         var v = vec4f(0.0);
         if (s0 + j < u.OW) {
-          ${
-      [0, 1, 2, 3].map((q) => `if (oc + ${q}u < u.nco) { v.${"xyzw"[q]} = DY[yi + ${q}u * u.outPlane]; }`).join(
-        "\n          ",
-      )
-    }
+          ${vec4Lanes("v", (q) => [`oc + ${q}u < u.nco`, `DY[yi + ${q}u * u.outPlane]`])}
         }
         dys[j * ${cov}u + e / ${SEG}u] = v;
       }

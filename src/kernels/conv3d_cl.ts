@@ -30,7 +30,7 @@
 // reordered weights and any partials. The weight gradient's GEMM is conv3d_cl_dw.ts.
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
-import { enables, type Gpu, grid1d, type Kernel, type Storage, STORAGE_BYTES, toStorage } from "./device.ts";
+import { enables, F32_PAIR, type Gpu, grid1d, type Kernel, type StoragePair, toStorage, wordBytes } from "./device.ts";
 
 export const BM = 256, BK = 16;
 /** The most partials of a split reduction held at once. */
@@ -44,9 +44,6 @@ const CL_PARTS = 256 * 2 ** 20;
 export const CL_SPLIT = { workgroups: 512, minK: 256 };
 
 export type ClPass = "forward" | "input_grad";
-const F32: [Storage, Storage] = ["f32", "f32"];
-/** Bytes of n elements stored as t, as bound (a multiple of 4). */
-const bytes = (n: number, t: Storage) => Math.ceil((n * STORAGE_BYTES[t]) / 4) * 4;
 
 /**
  * The least share of the GEMM's work that must be real: channel counts not a multiple of 16 (K) or 32 (N) are padded
@@ -70,14 +67,14 @@ export interface Plan {
   x: number[]; // [D, H, W] of x: what a stride-2 forward reads, what its input gradient writes
   weights: number; // REORDER's mode: 0 forward, 1 input gradient, 2 stride-2 forward, 3 stride-2 input gradient
   splits: number; // parts the taps are split into (1: none); split i takes taps [i T^3 / splits, (i+1) T^3 / splits)
-  types: [src: Storage, dst: Storage]; // the source's and the result's storage (f16: a forward, for inference)
+  types: StoragePair; // the source's and the result's storage (f16: a forward, for inference)
 }
 
 /**
  * The plan for a pass of this convolution, or null when the channels-last kernel does not take it; `types`, the
  * source's and the result's storage, are f32 but for a forward (f16 for inference).
  */
-export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types: Plan["types"] = F32): Plan | null {
+export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types = F32_PAIR): Plan | null {
   const vol = [s.d, s.h, s.w], out = [s.od, s.oh, s.ow];
   let q: Omit<Plan, "nb" | "bpd" | "splits" | "k" | "n" | "types">;
   if (s.k === 3 && s.stride === 1 && s.pad === 1) {
@@ -96,7 +93,8 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types: Pl
   const [srcC, dstC] = pass === "forward" ? [s.cin, s.cout] : [s.cout, s.cin];
   const [srcV, dstV] = [pass === "forward" ? vol : out, pass === "forward" ? out : vol].map((d) => d[0] * d[1] * d[2]);
   // Each tensor is bound whole, and so are the reordered (padded) weights when one dispatch takes every block.
-  const whole = [bytes(s.n * srcC * srcV, types[0]), bytes(s.n * dstC * dstV, types[1]), 4 * s.cout * s.cin * s.k ** 3];
+  const whole = [wordBytes(s.n * srcC * srcV, types[0]), wordBytes(s.n * dstC * dstV, types[1])];
+  whole.push(4 * s.cout * s.cin * s.k ** 3);
   whole.push(4 * p.taps ** 3 * p.k * p.n);
   const nvox = p.out[0] * p.out[1] * p.out[2], tiles = Math.ceil(nvox / BM);
   const gy = Math.ceil(tiles / Math.min(tiles, g.maxWorkgroupsPerDim));
@@ -114,7 +112,7 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types: Pl
 }
 
 /** Whether the channels-last kernel takes this pass of this convolution (see the header). */
-export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass, types: Plan["types"] = F32): boolean {
+export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass, types = F32_PAIR): boolean {
   return channelsLastPlan(g, s, pass, types) !== null;
 }
 
@@ -334,7 +332,7 @@ function run(
   w: GPUBuffer,
   b: GPUBuffer | null,
   out: GPUBuffer,
-  types = F32,
+  types = F32_PAIR,
 ) {
   const p = channelsLastPlan(g, s, pass, types);
   if (!p) {
@@ -364,8 +362,8 @@ function run(
       g.dispatch(REORDER, [{ buffer: w, size: s.cout * s.cin * s.k ** 3 * 4 }, { buffer: wt, size: m * 4 }], u, rgrid);
     }
     const tiles = Math.ceil(nvox / BM), gx = Math.min(tiles, g.maxWorkgroupsPerDim), gy = Math.ceil(tiles / gx);
-    const xb = { buffer: src, size: bytes(s.n * srcC * srcV, types[0]) };
-    const yb = { buffer: out, size: bytes(at(s.n * p.nReal), types[1]) };
+    const xb = { buffer: src, size: wordBytes(s.n * srcC * srcV, types[0]) };
+    const yb = { buffer: out, size: wordBytes(at(s.n * p.nReal), types[1]) };
     for (let i = 0; i < s.n; i++) {
       for (const { n0, nb, count } of groups) {
         // The dispatch's real columns (a padded last block's padding is not stored) and where they go.
@@ -393,7 +391,7 @@ export function conv3dForwardChannelsLast(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
-  types = F32,
+  types = F32_PAIR,
 ) {
   run(g, s, "forward", x, w, b, y, types);
 }

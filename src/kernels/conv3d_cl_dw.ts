@@ -19,7 +19,7 @@
 
 import { type Conv3dShape, sumParts } from "./conv3d.ts";
 import { BK, BM, registerTile } from "./conv3d_cl.ts";
-import type { Gpu, Kernel } from "./device.ts";
+import { type Gpu, type Kernel, vec4Lanes } from "./device.ts";
 
 /** Workgroups wanted in all (row tiles x column blocks x chunks): several waves on a large GPU. */
 const DW_WORKGROUPS = 1024;
@@ -126,12 +126,10 @@ function dwKernel(s: Conv3dShape, nb: number, planes: boolean): Kernel {
     });
     loadA += `{ var a = vec4f(0.0);\n      ${a.join("\n      ")}\n      As[(jv + ${jj}u) * 64u + t % 64u] = a; }\n`;
   }
-  const b = [0, 1, 2, 3].map((q) =>
-    `if (cb + c + ${q}u < ${cout}u) { b.${"xyzw"[q]} = DY[yb + (c + ${q}u) * ${od * oh * ow}u + v0 + j]; }`
-  );
+  const b = vec4Lanes("b", (q) => [`cb + c + ${q}u < ${cout}u`, `DY[yb + (c + ${q}u) * ${od * oh * ow}u + v0 + j]`]);
   const loadB = `for (var e = t; e < ${4 * nb}u; e += ${threads}u) { // voxel j, channels c .. c + 3
         let j = e % 16u; let c = (e / 16u) * 4u; var b = vec4f(0.0);
-        if (v0 + j < ${len}u) { ${b.join(" ")} }
+        if (v0 + j < ${len}u) { ${b} }
         Bs[j * ${bRow}u + c / 4u] = b;
       }\n`;
   let stores = "";

@@ -8,9 +8,9 @@
 //   with both kernels on the device at hand, and the faster is kept, as cudnn.benchmark does; until then it runs the
 //   gather.
 // Ineligible shapes always run the gather kernel; with f16 storage (inference) the forward GEMM runs in f16, and tuned
-// mode times both kernels in f16 (a shape's f16 and f32 forwards are separate choices). Channels-last holds the reordered weights and any
-// partials of taps split over workgroups (at most 256 MiB) during a forward or input gradient, and its split-K partials
-// (at most 256 MiB) during a weight gradient.
+// mode times both kernels in f16 (a shape's f16 and f32 forwards are separate choices). Channels-last holds the
+// reordered weights and any partials of taps split over workgroups (at most 256 MiB) during a forward or input
+// gradient, and its split-K partials (at most 256 MiB) during a weight gradient.
 
 import { conv3dBackwardInput, conv3dBackwardWeight, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import {
@@ -20,7 +20,7 @@ import {
   conv3dForwardChannelsLast,
 } from "./conv3d_cl.ts";
 import { conv3dBackwardWeightChannelsLast, dwGemmPlan } from "./conv3d_cl_dw.ts";
-import { type Gpu, type Storage, STORAGE_BYTES } from "./device.ts";
+import { F32_PAIR, type Gpu, type StoragePair, wordBytes } from "./device.ts";
 import { median } from "./profile.ts";
 
 export type ConvPass = ClPass | "weight_grad";
@@ -28,15 +28,12 @@ export const CONV_PASSES: readonly ConvPass[] = ["forward", "input_grad", "weigh
 export type ConvVariant = "gather" | "channels-last";
 export const CONV_KERNELS = ["gather", "channels-last", "tuned"] as const;
 export type ConvKernels = typeof CONV_KERNELS[number];
-/** Storage of a pass's source and result: f32 but for an inference forward (f16). */
-type Types = [x: Storage, y: Storage];
-const F32: Types = ["f32", "f32"];
 
 interface Table {
   mode: ConvKernels;
   chosen: Map<string, ConvVariant>;
   /** Eligible shapes seen in tuned mode and not yet timed. */
-  pending: Map<string, { s: Conv3dShape; pass: ConvPass; types: Types }>;
+  pending: Map<string, { s: Conv3dShape; pass: ConvPass; types: StoragePair }>;
 }
 const tables = new WeakMap<Gpu, Table>();
 
@@ -47,7 +44,7 @@ function table(g: Gpu): Table {
 }
 
 /** A pass, its shape and (where not f32) its storage, as tuning logs it. */
-const key = (s: Conv3dShape, pass: ConvPass, types: Types) =>
+const key = (s: Conv3dShape, pass: ConvPass, types: StoragePair) =>
   `${pass}${types.every((t) => t === "f32") ? "" : ` ${types.join("->")}`} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ` +
   `${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
 
@@ -63,7 +60,7 @@ export function channelsLastApplies(g: Gpu, s: Conv3dShape, pass: ConvPass): boo
 }
 
 /** The variant a pass of this shape (and storage) runs now. */
-export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass, types = F32): ConvVariant {
+export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass, types = F32_PAIR): ConvVariant {
   const t = table(g);
   if (t.mode === "gather" || !channelsLastApplies(g, s, pass)) return "gather";
   if (t.mode === "channels-last") return "channels-last";
@@ -80,7 +77,7 @@ export function convForward(
   w: GPUBuffer,
   b: GPUBuffer | null,
   y: GPUBuffer,
-  types = F32,
+  types = F32_PAIR,
 ) {
   // f16 storage takes no more binding room than f32, so an f32-eligible shape is eligible in f16 too.
   if (convVariant(g, s, "forward", types) === "channels-last") conv3dForwardChannelsLast(g, s, x, w, b, y, types);
@@ -101,7 +98,7 @@ export interface ConvBuffers {
  * One pass with the given variant: forward (x, w, b) -> y (x and y stored as `types`), input_grad (y, w) -> dx,
  * weight_grad (x, y) -> dw (f32).
  */
-export function runConvPass(g: Gpu, s: Conv3dShape, pass: ConvPass, v: ConvVariant, t: ConvBuffers, types = F32) {
+export function runConvPass(g: Gpu, s: Conv3dShape, pass: ConvPass, v: ConvVariant, t: ConvBuffers, types = F32_PAIR) {
   const cl = v === "channels-last";
   if (pass === "forward") (cl ? conv3dForwardChannelsLast : conv3dForward)(g, s, t.x, t.w, t.b, t.y, types);
   else if (pass === "input_grad") (cl ? conv3dBackwardInputChannelsLast : conv3dBackwardInput)(g, s, t.y, t.w, t.dx);
@@ -162,8 +159,8 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   const syncMs = median(syncs); // an empty sync's fixed cost
   for (const [k, { s, pass, types }] of t.pending) {
     const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
-    const sizes = [s.cin * vin * STORAGE_BYTES[types[0]], 4 * s.cout * s.cin * s.k ** 3, 4 * s.cout];
-    const [x, w, b, y] = [...sizes, s.cout * vout * STORAGE_BYTES[types[1]]].map((n) => g.alloc(Math.ceil(n / 4) * 4));
+    const sizes = [wordBytes(s.cin * vin, types[0]), 4 * s.cout * s.cin * s.k ** 3, 4 * s.cout];
+    const [x, w, b, y] = [...sizes, wordBytes(s.cout * vout, types[1])].map((n) => g.alloc(n));
     const run = (v: ConvVariant) => runConvPass(g, s, pass, v, { x, w, b, y, dx: x, dw: w }, types); // x as dx, w as dw
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
     const variants = ["gather", "channels-last"] as const;

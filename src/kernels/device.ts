@@ -383,6 +383,26 @@ export function bindingWindow(g: Gpu, start: number, count: number, elemBytes = 
 /** Element types of activation storage: f16 needs the adapter's shader-f16 feature (arithmetic stays f32). */
 export type Storage = "f32" | "f16";
 export const STORAGE_BYTES: Record<Storage, number> = { f32: 4, f16: 2 };
+/** A convolution's source and result storage: f32 unless an inference forward stores f16. */
+export type StoragePair = [x: Storage, y: Storage];
+export const F32_PAIR: StoragePair = ["f32", "f32"];
+
+/** Bytes of n values stored as t, rounded up to whole 4-byte words (as bindings and allocations take them). */
+export function wordBytes(n: number, t: Storage): number {
+  return Math.ceil((n * STORAGE_BYTES[t]) / 4) * 4;
+}
+
+/**
+ * WGSL filling the lanes of the vec4 variable `v`: lane q, where its `[condition, value]` holds. Kernels build whole
+ * vectors this way before one write to workgroup memory: WGSL lets a write to one component of a vector in memory
+ * rewrite the whole vector, so threads writing their own components of one vec4 would race.
+ */
+export function vec4Lanes(v: string, lane: (q: number) => [string, string]): string {
+  return [0, 1, 2, 3].map((q) => {
+    const [ok, value] = lane(q);
+    return `if (${ok}) { ${v}.${"xyzw"[q]} = ${value}; }`;
+  }).join("\n");
+}
 
 /**
  * WGSL storing the f32 expression `e` as type t. f16 saturates at its largest finite value, 65504: an overflow
