@@ -1,5 +1,7 @@
 // Shared test helpers: the GPU (a test that needs an adapter fails when none is found), seeded data, comparisons,
 // float64 central finite differences, and a Python runner for numpy/nibabel oracles.
+import { CL_SPLIT } from "../src/kernels/conv3d_cl.ts";
+import { type ConvKernels, setConvKernels } from "../src/kernels/conv_select.ts";
 import { type Gpu, gpu } from "../src/kernels/device.ts";
 import { relErr } from "../src/train/parity.ts";
 
@@ -17,6 +19,41 @@ export async function testGpuF16(): Promise<Gpu> {
     );
   }
   return g;
+}
+
+/**
+ * Runs f with each of these CL_SPLIT settings (src/kernels/conv3d_cl.ts), then restores the shipped ones. By default
+ * 512 workgroups wanted per dispatch and splits as short as 16 channels x 1 tap (small test volumes make one or a few
+ * voxel tiles, so several blocks per dispatch and up to one tap per split), then 1 wanted (a block per dispatch, no
+ * split).
+ */
+export async function withSplit(
+  f: () => void | Promise<void>,
+  settings = [{ workgroups: 512, minK: 16 }, { workgroups: 1, minK: 16 }],
+) {
+  const saved = { ...CL_SPLIT };
+  try {
+    for (const t of settings) {
+      Object.assign(CL_SPLIT, t);
+      await f();
+    }
+  } finally {
+    Object.assign(CL_SPLIT, saved);
+  }
+}
+
+/** Runs f with g's convolutions picked by `kernels` (then the default, gather); returns the kernels it dispatched. */
+export async function dispatchedWith(g: Gpu, kernels: ConvKernels, f: () => Promise<void>): Promise<string[]> {
+  const names: string[] = [], dispatch = g.dispatch.bind(g);
+  g.dispatch = (k, ...rest) => (names.push(k.name), dispatch(k, ...rest));
+  setConvKernels(g, kernels);
+  try {
+    await f();
+  } finally {
+    setConvKernels(g, "gather");
+    Reflect.deleteProperty(g, "dispatch");
+  }
+  return names;
 }
 
 /** Deterministic pseudo-random numbers in [-1, 1) (mulberry32). */

@@ -15,27 +15,7 @@ import {
 } from "../../src/kernels/conv3d_cl.ts";
 import { planGpu } from "../../src/kernels/null_device.ts";
 import { readAll, scope, Tensor } from "../../src/nn/tensor.ts";
-import { assertClose, rand, testGpu } from "../util.ts";
-
-/**
- * Runs f with each of these CL_SPLIT settings: by default 512 workgroups wanted per dispatch and splits as short as 16
- * channels x 1 tap (these volumes make one or a few voxel groups, so several blocks per dispatch and up to one tap
- * per split), then 1 wanted (a block per dispatch, no split).
- */
-async function withSplit(
-  f: () => void | Promise<void>,
-  settings = [{ workgroups: 512, minK: 16 }, { workgroups: 1, minK: 16 }],
-) {
-  const saved = { ...CL_SPLIT };
-  try {
-    for (const t of settings) {
-      Object.assign(CL_SPLIT, t);
-      await f();
-    }
-  } finally {
-    Object.assign(CL_SPLIT, saved);
-  }
-}
+import { assertClose, rand, testGpu, withSplit } from "../util.ts";
 
 /** A tensor of NaN: the result's every element must be written (a GEMM's output is assigned, not accumulated). */
 function nans(g: Awaited<ReturnType<typeof testGpu>>, shape: number[]) {

@@ -3,10 +3,8 @@
 // lowered binding limits (f16 windows start at other offsets than f32 ones). A stored result may differ from the
 // correctly rounded reference by one f16 unit in the last place plus the f32 accumulation's own error, bounded by
 // n * 2^-24 * sum |terms| for a sum of n terms (Higham's gamma_n), which matters where terms cancel. These tests need the adapter's shader-f16 (lavapipe has it) and fail without it.
-import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import assert from "node:assert/strict";
 import * as C from "../../src/kernels/conv3d.ts";
-import { CL_SPLIT } from "../../src/kernels/conv3d_cl.ts";
 import { instanceNormRef } from "../../src/kernels/norm.ts";
 import { maxPool2Ref } from "../../src/kernels/pool.ts";
 import { resizeNearestRef } from "../../src/kernels/resize.ts";
@@ -18,7 +16,7 @@ import { instanceNormLeakyRelu } from "../../src/nn/ops/norm.ts";
 import { maxPool2 } from "../../src/nn/ops/pool.ts";
 import { resizeNearest } from "../../src/nn/ops/resize.ts";
 import { noGrad, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
-import { rand, testGpuF16 } from "../util.ts";
+import { dispatchedWith, rand, testGpuF16, withSplit } from "../util.ts";
 
 const h = (a: ArrayLike<number>) => Float32Array.from(a, Math.f16round);
 
@@ -72,10 +70,8 @@ Deno.test("f16 conv3d forward: f32 -> f16, f16 -> f16 and f16 -> f32 (the U-Net'
 });
 
 Deno.test("f16 conv3d forward through the channels-last GEMM: f32 -> f16, f16 -> f16, stride 2, split taps", async () => {
-  const g = await testGpuF16(), names: string[] = [], dispatch = g.dispatch.bind(g);
-  g.dispatch = (k, ...rest) => (names.push(k.name), dispatch(k, ...rest));
-  setConvKernels(g, "channels-last");
-  try {
+  const g = await testGpuF16();
+  const names = await dispatchedWith(g, "channels-last", async () => {
     await convCase([1, 4, 7, 5, 9], 32, 3, 1, 1, ["f32", "f16"]); // the teacher's first layer: K = 4 of 16
     await convCase([2, 16, 9, 6, 7], 48, 3, 1, 1, ["f16", "f16"]); // N = 48 of 64; 378 voxels, two tiles
     await convCase([1, 16, 3, 4, 5], 160, 3, 1, 1, ["f16", "f16"]); // few voxels: blocks of 128 and 32 in one dispatch
@@ -83,16 +79,12 @@ Deno.test("f16 conv3d forward through the channels-last GEMM: f32 -> f16, f16 ->
     await convCase([1, 16, 12, 10, 8], 64, 4, 2, 1, ["f16", "f16"]);
     // Taps split (splits of 16 channels x 1 tap allowed): f32 partials summed into f16 (or f32) at the odd offsets of a
     // second sample and a second dispatch of columns.
-    const saved = { ...CL_SPLIT };
-    Object.assign(CL_SPLIT, { workgroups: 64, minK: 16 });
-    try {
+    await withSplit(async () => {
       await convCase([2, 16, 3, 3, 5], 161, 3, 1, 1, ["f16", "f16"]); // blocks of 128 and 64, 27 splits
       await convCase([2, 16, 3, 3, 5], 33, 3, 1, 1, ["f32", "f16"]);
       await convCase([2, 16, 3, 3, 5], 33, 3, 1, 1, ["f16", "f32"]);
       await convCase([2, 5, 6, 4, 6], 33, 4, 2, 1, ["f16", "f16"]); // stride 2: 8 splits
-    } finally {
-      Object.assign(CL_SPLIT, saved);
-    }
+    }, [{ workgroups: 64, minK: 16 }]);
     // Past f16's range the stored value saturates at 65504 (both directions), never an infinity: with the taps split
     // (these 60 voxels make one tile) and without.
     for (const wk of [1, 32]) {
@@ -100,20 +92,13 @@ Deno.test("f16 conv3d forward through the channels-last GEMM: f32 -> f16, f16 ->
         const xs = [1, 16, 3, 4, 5], ws = [32, 16, 3, 3, 3], n = ws.reduce((a, b) => a * b);
         const x = f16Tensor(g, xs, new Float32Array(960).fill(1));
         const w = Tensor.from(g, ws, Float32Array.from({ length: n }, (_, i) => (i < n / 2 ? 3000 : -3000)));
-        const saved = { ...CL_SPLIT };
-        Object.assign(CL_SPLIT, { workgroups: wk, minK: 16 });
-        try {
+        await withSplit(async () => {
           const [y] = await readAll([noGrad(() => conv3d(x, w, null, 1, 1, "f16"))]);
           assert.ok(y.every((v) => Math.abs(v) === 65504), `saturated (${wk} workgroups wanted): ${y.slice(0, 4)}`);
-        } finally {
-          Object.assign(CL_SPLIT, saved);
-        }
+        }, [{ workgroups: wk, minK: 16 }]);
       });
     }
-  } finally {
-    setConvKernels(g, "gather");
-    Reflect.deleteProperty(g, "dispatch");
-  }
+  });
   // The GEMMs ran, storing f16 (directly, or through f32 partials summed into f16), and no gather kernel did.
   assert.ok(names.some((n) => n.startsWith("conv3d_cl_gemm") && n.endsWith("_f16")), names.join(" "));
   assert.ok(names.includes("conv3d_sum_parts_f16"), names.join(" "));

@@ -3,8 +3,8 @@
 // nearest resizes see non-integer ratios; .pth files written by an older torch.save).
 import assert from "node:assert/strict";
 import { gpu } from "../../src/kernels/device.ts";
-import { setConvKernels } from "../../src/kernels/conv_select.ts";
 import { F16_TOL, runParity } from "../../src/train/parity.ts";
+import { dispatchedWith } from "../util.ts";
 
 const SHARED = new URL("../../../shared/fixtures/pytorch-golden", import.meta.url).pathname;
 const ANCHOR = new URL("../../../shared/anchors/torch_reference.py", import.meta.url).pathname;
@@ -38,16 +38,8 @@ Deno.test("parity with the shared PyTorch golden fixtures (.pth and .safetensors
 Deno.test("parity through the channels-last GEMMs: forward, both gradients, and f16 inference", async () => {
   // The same fixtures with every eligible pass on the GEMMs (conv3d_cl.ts, conv3d_cl_dw.ts) instead of the gather
   // kernels: the same tolerances hold.
-  const g = await gpu(), names = new Set<string>(), dispatch = g.dispatch.bind(g);
-  g.dispatch = (k, ...rest) => (names.add(k.name), dispatch(k, ...rest));
-  setConvKernels(g, "channels-last");
-  try {
-    assertParity(await runParity(SHARED));
-  } finally {
-    setConvKernels(g, "gather");
-    Reflect.deleteProperty(g, "dispatch");
-  }
-  const ran = (re: RegExp) => [...names].some((n) => re.test(n));
+  const names = await dispatchedWith(await gpu(), "channels-last", async () => assertParity(await runParity(SHARED)));
+  const ran = (re: RegExp) => names.some((n) => re.test(n));
   for (
     const re of [
       /^conv3d_cl_gemm_m0.*_f32_f32$/,
@@ -56,7 +48,7 @@ Deno.test("parity through the channels-last GEMMs: forward, both gradients, and 
       /^conv3d_cl_dw/,
     ]
   ) {
-    assert.ok(ran(re), `${re} in ${[...names]}`);
+    assert.ok(ran(re), `${re} in ${[...new Set(names)]}`);
   }
 });
 
