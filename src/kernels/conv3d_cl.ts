@@ -111,9 +111,12 @@ export function channelsLastPlan(g: Gpu, s: Conv3dShape, pass: ClPass, types = F
   return { ...p, nb, bpd, splits, types };
 }
 
-/** Whether the channels-last kernel takes this pass of this convolution (see the header). */
-export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass, types = F32_PAIR): boolean {
-  return channelsLastPlan(g, s, pass, types) !== null;
+/**
+ * Whether the channels-last kernel takes this pass of this convolution (see the header), in f32; f16 storage needs no
+ * more binding room, so it takes the same shapes.
+ */
+export function channelsLastTakes(g: Gpu, s: Conv3dShape, pass: ClPass): boolean {
+  return channelsLastPlan(g, s, pass) !== null;
 }
 
 /**
