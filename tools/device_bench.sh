@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
-# The side-by-side run for a GPU machine, in one call (docs/performance.md). Prepare here first:
+# The side-by-side run for a GPU machine (docs/performance.md). Prepare here first:
 #   bash ../shared/device/prepare.sh
-# then run on the device, carrying .gpu, with a limit that leaves room to rerun (order: PyTorch fp32, hadnet infer,
-# pretrain, hadnet, conv, pretrain, infer and hadnet with tuned kernels, f16 inference with gather and tuned kernels,
-# PyTorch TF32, a profiled pretrain step):
-#   source .gpu/on-device.sh && bash tools/device_bench.sh
-# Every result is appended at once to $OUT/bench.jsonl (hadnet and PyTorch lines alike), each step has its own time
-# limit and the most important figures come first, so a run cut short still returns what it measured.
-# SIZE and K override 160,192,160 and 32; BUDGET (seconds, default 540) bounds the whole script; PYTHON and
-# TORCH_DEVICE (python3, cuda) let it be tried on a machine without a GPU.
+# then run on the device, carrying .gpu, with a limit that leaves room to rerun:
+#   source .gpu/on-device.sh && bash tools/device_bench.sh [GROUP...]
+# Groups, run in the order given (default: all, in this order):
+#   check    the GPU kernel tests and the PyTorch golden parity on this adapter (log: $OUT/check.log)
+#   torch    PyTorch fp32 (TF32 off): infer, pretrain, hadnet
+#   conv     every convolution shape, both kernels, each pass
+#   tuned    infer, pretrain, hadnet with --conv-kernel tuned (its "tune" lines give both kernels' times)
+#   profile  one pre-training step with tuned kernels, GPU time per kernel
+#   gather   infer, pretrain, hadnet with the default kernels
+#   f16      inference with f16 activations: gather kernel, then tuned
+#   tf32     PyTorch with TF32 on: infer, pretrain, hadnet
+# Every result is appended at once to $OUT/bench.jsonl (hadnet and PyTorch lines alike), and each step has its own time
+# limit, so a run cut short still returns what it measured. SIZE and K override 160,192,160 and 32; BUDGET (seconds,
+# default 540) bounds the whole script; PYTHON and TORCH_DEVICE (python3, cuda) let it be tried without a GPU.
 set -uo pipefail
 out=${OUT:-/tmp}/bench.jsonl
 size=${SIZE:-160,192,160}
 k=${K:-32}
 end=$((SECONDS + ${BUDGET:-540}))
 
+left() { # left LIMIT: LIMIT, or what is left of BUDGET if less; non-zero status when under 10 s are left
+  local limit=$1 rest=$((end - SECONDS))
+  ((rest < limit)) && limit=$rest
+  echo "$limit"
+  ((limit >= 10))
+}
+
 step() { # step LIMIT_SECONDS COMMAND...: runs COMMAND within LIMIT (and what is left of BUDGET), appending its JSON lines
-  local limit=$1
-  shift
-  local left=$((end - SECONDS))
-  ((left < limit)) && limit=$left
-  if ((limit < 10)); then
-    echo "skipped (budget spent): $*" >&2
+  local limit
+  limit=$(left "$1") || {
+    echo "skipped (budget spent): ${*:2}" >&2
     return
-  fi
+  }
+  shift
   echo "== ${*:2} (limit ${limit}s)" >&2
   timeout "$limit" "$@" | tee -a "$out" | grep -v "\"kernel\"" | cut -c1-220 >&2
   echo "   exit ${PIPESTATUS[0]}" >&2
@@ -32,19 +43,48 @@ step() { # step LIMIT_SECONDS COMMAND...: runs COMMAND within LIMIT (and what is
 torch=("${PYTHON:-python3}" .gpu/torch_reference.py bench --device "${TORCH_DEVICE:-cuda}" --size "$size" --k "$k")
 hadnet=(deno task -q bench --size "$size" --k "$k")
 
+check() {
+  local limit log=${OUT:-/tmp}/check.log
+  limit=$(left 120) || return
+  echo "== GPU kernel tests and parity (limit ${limit}s, log $log)" >&2
+  NO_COLOR=1 timeout "$limit" deno test -A --no-check=remote tests/kernels tests/train/parity_test.ts >"$log" 2>&1
+  echo "   exit $?: $(grep -E '^(ok|FAILED) \|' "$log")" >&2
+  grep -E '\.\.\. FAILED' "$log" >&2
+}
+
+group() {
+  case $1 in
+  check) check ;;
+  torch) for m in infer pretrain hadnet; do step 50 "${torch[@]}" --mode "$m" --tf32 off --iters 3 --warmup 1; done ;;
+  conv) step 120 "${hadnet[@]}" --mode conv --iters 2 --warmup 1 ;;
+  tuned)
+    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --conv-kernel tuned
+    step 90 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel tuned
+    step 120 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel tuned
+    ;;
+  profile) step 90 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --conv-kernel tuned --profile ;;
+  gather)
+    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2
+    step 120 "${hadnet[@]}" --mode pretrain --iters 2 --warmup 1
+    step 150 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1
+    ;;
+  f16)
+    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16
+    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16 --conv-kernel tuned
+    ;;
+  tf32) for m in infer pretrain hadnet; do step 40 "${torch[@]}" --mode "$m" --tf32 on --iters 3 --warmup 1; done ;;
+  esac
+}
+
+groups=(check torch conv tuned profile gather f16 tf32)
+(($# == 0)) && set -- "${groups[@]}"
+for g in "$@"; do
+  [[ " ${groups[*]} " == *" $g "* ]] || {
+    echo "unknown group: $g (${groups[*]})" >&2
+    exit 2
+  }
+done
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || echo "no nvidia-smi" >&2
-for m in infer pretrain hadnet; do step 60 "${torch[@]}" --mode "$m" --tf32 off; done
-step 120 "${hadnet[@]}" --mode infer --iters 5 --warmup 2
-step 150 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1
-step 150 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1
-step 120 "${hadnet[@]}" --mode conv --iters 3 --warmup 1
-# Each shape's faster kernel, measured on this GPU (--conv-kernel tuned; the "tune" lines give both times).
-step 150 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel tuned
-step 90 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --conv-kernel tuned
-step 150 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel tuned # the discriminator's passes too
-# Inference with f16 activations: the gather kernel, then each shape's faster kernel (the "tune" lines give both).
-step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16
-step 90 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16 --conv-kernel tuned
-for m in infer pretrain hadnet; do step 60 "${torch[@]}" --mode "$m" --tf32 on; done
-step 150 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --profile
-echo "results: $out ($(wc -l <"$out") lines)" >&2
+for g in "$@"; do group "$g"; done
+echo "results: $out ($(wc -l <"$out" 2>/dev/null || echo 0) lines)" >&2
