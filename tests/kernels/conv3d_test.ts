@@ -91,6 +91,38 @@ Deno.test("conv3d splits channel planes over binding windows when the binding li
   }
 });
 
+Deno.test("conv3d GPU 1x1x1 weight gradient with few workgroups per chunk: one chunk per row (153 > 64 rows)", async () => {
+  await checkGpu([1, 3, 9, 17, 5], 4, VARIANTS[2]);
+});
+
+Deno.test("conv3d bias gradient sums planes in chunks: N=2, three chunks (the last short), windows of channels", async () => {
+  const g = await testGpu();
+  // A 17x23x21 plane (8211 values) is two whole DB_MIN_LEN chunks and a short one.
+  const s = K.conv3dShape([2, 1, 17, 23, 21], [5, 1, 1, 1, 1], [5], 1, 0);
+  const plane = s.od * s.oh * s.ow;
+  assert.equal(Math.ceil(plane / Math.max(K.DB_MIN_LEN, Math.ceil(plane / K.DB_CHUNKS))), 3);
+  const dyv = rand(s.n * s.cout * plane, 21);
+  const want = Array.from({ length: s.cout }, (_, c) => {
+    let sum = 0;
+    for (let n = 0; n < s.n; n++) for (let i = 0; i < plane; i++) sum += dyv[(n * s.cout + c) * plane + i];
+    return sum;
+  });
+  // Whole planes, then windows of two planes (5 = 2 + 2 + 1 per item, at unaligned starts).
+  for (const binding of [null, 256 * Math.ceil((2 * plane * 4 + 256) / 256)]) {
+    g.setMaxBindingForTests(binding);
+    try {
+      await scope(async () => {
+        const dy = Tensor.from(g, [s.n, s.cout, s.od, s.oh, s.ow], dyv), db = Tensor.empty(g, [s.cout]);
+        K.conv3dBackwardBias(g, s, dy.buffer, db.buffer);
+        const [got] = await readAll([db]);
+        assertClose(got, want, 1e-5, `db (binding ${binding ?? "whole"})`);
+      });
+    } finally {
+      g.setMaxBindingForTests(null);
+    }
+  }
+});
+
 // Split-K path: output slices of at most 32 thread positions with at least 16 source channels.
 Deno.test("conv3d GPU split-K on small planes: odd planes, Cin not a multiple of 4, stride 2, N=2", async () => {
   await checkGpu([2, 18, 5, 3, 7], 17, VARIANTS[0]); // forward and dx split, 3x3x3, lanes over staged channels
