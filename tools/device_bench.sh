@@ -4,14 +4,18 @@
 # then run on the device, carrying .gpu, with a limit that leaves room to rerun:
 #   source .gpu/on-device.sh && bash tools/device_bench.sh [GROUP...]
 # Groups, run in the order given (default: all, in this order):
-#   check    the GPU kernel tests and the PyTorch golden parity on this adapter (log: $OUT/check.log)
-#   torch    PyTorch fp32 (TF32 off): infer, pretrain, hadnet
-#   conv     every convolution shape, both kernels, each pass
-#   tuned    infer, pretrain, hadnet with --conv-kernel tuned (its "tune" lines give both kernels' times)
-#   profile  one pre-training step with tuned kernels, GPU time per kernel
-#   gather   infer, pretrain, hadnet with the default kernels
-#   f16      inference with f16 activations: gather kernel, then tuned
-#   tf32     PyTorch with TF32 on: infer, pretrain, hadnet
+#   check      the tests in $CHECK (default: the GPU kernel tests and the PyTorch golden parity) on this adapter (log:
+#              $OUT/check.log); the parity tests need ../shared's fixtures and torch_reference.py, which do not travel:
+#              copy them into .gpu/shared here, and this group puts them back in ../shared there
+#   torch      PyTorch fp32 (TF32 off): infer, pretrain, hadnet
+#   conv       every convolution shape, both kernels, each pass
+#   torchconv  PyTorch fp32 on the same convolution passes (tools/torch_conv_bench.py)
+#   tuned      infer, pretrain, hadnet with --conv-kernel tuned (its "tune" lines give both kernels' times)
+#   gather     infer, pretrain, hadnet with the gather kernels (--conv-kernel gather)
+#   cl         infer, pretrain, hadnet with --conv-kernel channels-last
+#   profile    one pre-training step and one HAD-Net step with tuned kernels, GPU time per kernel
+#   f16        inference with f16 activations: gather kernel, then tuned
+#   tf32       PyTorch with TF32 on: infer, pretrain, hadnet
 # Every result is appended at once to $OUT/bench.jsonl (hadnet and PyTorch lines alike), and each step has its own time
 # limit, so a run cut short still returns what it measured. SIZE and K override 160,192,160 and 32; BUDGET (seconds,
 # default 540) bounds the whole script; PYTHON and TORCH_DEVICE (python3, cuda) let it be tried without a GPU.
@@ -46,8 +50,10 @@ hadnet=(deno task -q bench --size "$size" --k "$k")
 check() {
   local limit log=${OUT:-/tmp}/check.log
   limit=$(left 120) || return
-  echo "== GPU kernel tests and parity (limit ${limit}s, log $log)" >&2
-  NO_COLOR=1 timeout "$limit" deno test -A --no-check=remote tests/kernels tests/train/parity_test.ts >"$log" 2>&1
+  [ -d .gpu/shared ] && mkdir -p ../shared && cp -rn .gpu/shared/. ../shared/
+  echo "== tests: ${CHECK:=tests/kernels tests/train/parity_test.ts} (limit ${limit}s, log $log)" >&2
+  # shellcheck disable=SC2086 # CHECK is a list of paths
+  NO_COLOR=1 timeout "$limit" deno test -A --no-check=remote $CHECK >"$log" 2>&1
   echo "   exit $?: $(grep -E '^(ok|FAILED) \|' "$log")" >&2
   grep -E '\.\.\. FAILED' "$log" >&2
 }
@@ -57,16 +63,19 @@ group() {
   check) check ;;
   torch) for m in infer pretrain hadnet; do step 50 "${torch[@]}" --mode "$m" --tf32 off --iters 3 --warmup 1; done ;;
   conv) step 120 "${hadnet[@]}" --mode conv --iters 2 --warmup 1 ;;
-  tuned)
-    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --conv-kernel tuned
-    step 90 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel tuned
-    step 120 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel tuned
+  torchconv)
+    step 90 bash -c "${hadnet[*]} --mode conv --plan --iters 1 --warmup 0 |
+      ${PYTHON:-python3} tools/torch_conv_bench.py --device ${TORCH_DEVICE:-cuda}"
     ;;
-  profile) step 90 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --conv-kernel tuned --profile ;;
-  gather)
-    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2
-    step 120 "${hadnet[@]}" --mode pretrain --iters 2 --warmup 1
-    step 150 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1
+  tuned | gather | cl)
+    local kernels=${1/cl/channels-last}
+    step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --conv-kernel "$kernels"
+    step 90 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel "$kernels"
+    step 120 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel "$kernels"
+    ;;
+  profile)
+    step 90 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --conv-kernel tuned --profile
+    step 90 "${hadnet[@]}" --mode hadnet --iters 1 --warmup 1 --conv-kernel tuned --profile
     ;;
   f16)
     step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16
@@ -76,7 +85,7 @@ group() {
   esac
 }
 
-groups=(check torch conv tuned profile gather f16 tf32)
+groups=(check torch conv torchconv tuned gather cl profile f16 tf32)
 (($# == 0)) && set -- "${groups[@]}"
 for g in "$@"; do
   [[ " ${groups[*]} " == *" $g "* ]] || {

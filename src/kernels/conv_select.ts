@@ -140,6 +140,26 @@ export function tuneReps(ms: number): number {
   return ms <= 0 ? TUNE_REPS : Math.min(TUNE_REPS, Math.max(1, Math.ceil(TUNE_MS / ms)));
 }
 
+/** An empty sync's fixed cost in milliseconds (the median of three), taken off timed samples. */
+export async function syncCost(g: Gpu): Promise<number> {
+  await g.sync(); // work already submitted must not count
+  const syncs = [];
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    await g.sync();
+    syncs.push(performance.now() - t0);
+  }
+  return median(syncs);
+}
+
+/** Milliseconds per call of `run` over `calls` calls before one sync, the sync's cost (`syncMs`) taken off. */
+export async function sampleMs(g: Gpu, run: () => void | Promise<void>, calls: number, syncMs: number) {
+  const t0 = performance.now();
+  for (let i = 0; i < calls; i++) await run();
+  await g.sync();
+  return (performance.now() - t0 - syncMs) / calls;
+}
+
 /**
  * In tuned mode, times both variants of every eligible shape seen since the last call on scratch buffers, and keeps
  * the faster. Each variant runs one untimed call (it compiles the pipelines) and one timed call; the faster's time,
@@ -149,14 +169,7 @@ export function tuneReps(ms: number): number {
 export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
   const t = table(g), out: ConvChoice[] = [];
   if (t.mode !== "tuned" || !t.pending.size) return out;
-  await g.sync(); // the step's own work must not count against the first variant timed
-  const syncs = [];
-  for (let i = 0; i < 3; i++) {
-    const t0 = performance.now();
-    await g.sync();
-    syncs.push(performance.now() - t0);
-  }
-  const syncMs = median(syncs); // an empty sync's fixed cost
+  const syncMs = await syncCost(g); // after the step's own work, which must not count against the first variant
   for (const [k, { s, pass, types }] of t.pending) {
     const [vin, vout] = [s.n * s.d * s.h * s.w, s.n * s.od * s.oh * s.ow];
     const sizes = [wordBytes(s.cin * vin, types[0]), 4 * s.cout * s.cin * s.k ** 3, 4 * s.cout];
@@ -164,12 +177,7 @@ export async function tuneConvs(g: Gpu, iters = 3): Promise<ConvChoice[]> {
     const run = (v: ConvVariant) => runConvPass(g, s, pass, v, { x, w, b, y, dx: x, dw: w }, types); // x as dx, w as dw
     const ms: Record<ConvVariant, number> = { gather: 0, "channels-last": 0 };
     const variants = ["gather", "channels-last"] as const;
-    const sample = async (v: ConvVariant, calls: number) => { // milliseconds per call, the sync's cost taken off
-      const t0 = performance.now();
-      for (let i = 0; i < calls; i++) run(v);
-      await g.sync();
-      return (performance.now() - t0 - syncMs) / calls;
-    };
+    const sample = (v: ConvVariant, calls: number) => sampleMs(g, () => run(v), calls, syncMs);
     let reps = 1;
     try {
       const probes = [];

@@ -4,8 +4,9 @@
 // infer (teacher forward without gradients + argmax), pretrain (student forward, backward, AdamW step), hadnet (one
 // HadnetTrainer step). One JSON line per result with the reference's fields (impl, device, mode, size, k, ms_median,
 // ms_all, peak_gib) plus the adapter and dispatches per iteration. Each iteration is bracketed by `gpu.sync()` so
-// the time covers the GPU work; peak_gib is the peak of live storage buffers (parameters included), reserved_gib the
-// peak of all the pool's buffers.
+// the time covers the GPU work (in conv mode a sample runs several calls before its sync, see time()); peak_gib is the
+// peak of live storage buffers (parameters included), reserved_gib the peak of all the pool's buffers, buffers_made the
+// storage buffers the pool had to make per iteration (HADNET_POOL_RESERVE trades these for reserved memory).
 // --profile adds GPU time per kernel from timestamp queries (src/kernels/profile.ts). --plan runs the mode on the null
 // device (src/kernels/null_device.ts): no kernel runs, so it reports only the memory plan's peak and the dispatch
 // count, at any size, without a GPU.
@@ -18,8 +19,11 @@ import {
   CONV_PASSES,
   type ConvKernels,
   runConvPass,
+  sampleMs,
   setConvKernels,
+  syncCost,
   tuneConvs,
+  tuneReps,
 } from "../kernels/conv_select.ts";
 import { type Gpu, gpu } from "../kernels/device.ts";
 import { planGpu } from "../kernels/null_device.ts";
@@ -111,7 +115,9 @@ const GIB = 2 ** 30;
 
 /**
  * Times `step` (warmup, then iters), each bracketed by gpu.sync(); returns ms per iteration and dispatches.
- * `afterFirst` runs after the first warmup iteration (convolution tuning).
+ * `afterFirst` runs after the first warmup iteration (convolution tuning). `amortize` is for single kernels, whose time
+ * a sync (10 ms or more through Deno) would swamp: as in tuning, each timed sample runs the step `reps` times before
+ * its sync (tuneReps of one call's time), and ms are per call with an empty sync's cost taken off.
  */
 async function time(
   g: Gpu,
@@ -119,24 +125,25 @@ async function time(
   step: () => void | Promise<void>,
   profiler: Profiler | null,
   afterFirst?: () => Promise<void>,
+  amortize = false,
 ) {
   for (let i = 0; i < o.warmup; i++) {
     await step();
     await g.sync();
     if (i === 0) await afterFirst?.();
   }
+  const syncMs = amortize ? await syncCost(g) : 0;
+  const reps = amortize ? tuneReps(await sampleMs(g, step, 1, syncMs)) : 1;
   const ms: number[] = [];
-  const d0 = g.dispatches;
+  const [d0, made0] = [g.dispatches, g.memory().made];
   profiler?.start();
   for (let i = 0; i < o.iters; i++) {
     await g.sync();
-    const t0 = performance.now();
-    await step();
-    await g.sync();
-    ms.push(performance.now() - t0);
+    ms.push(await sampleMs(g, step, reps, syncMs));
   }
   const kernels = profiler ? await profiler.stop() : null;
-  return { ms, dispatches: (g.dispatches - d0) / o.iters, kernels };
+  const calls = o.iters * reps;
+  return { ms, reps, dispatches: (g.dispatches - d0) / calls, made: (g.memory().made - made0) / calls, kernels };
 }
 
 function baseFields(g: Gpu, o: BenchOptions) {
@@ -222,6 +229,7 @@ async function benchMode(
       peak_gib: g.memory().peak / GIB,
       reserved_gib: g.memory().reservedPeak / GIB,
       dispatches: r.dispatches,
+      buffers_made: r.made,
     });
     const total = r.kernels?.reduce((a, x) => a + x.ms, 0) ?? 0;
     for (const kr of r.kernels ?? []) {
@@ -229,8 +237,8 @@ async function benchMode(
         ...baseFields(g, o),
         ...extra,
         kernel: kr.name,
-        gpu_ms: kr.ms / o.iters,
-        kernel_dispatches: kr.count / o.iters,
+        gpu_ms: kr.ms / (o.iters * r.reps),
+        kernel_dispatches: kr.count / (o.iters * r.reps),
         share: kr.ms / total,
       });
     }
@@ -264,7 +272,8 @@ async function benchMode(
             const variant = v === "gather" && pass === "weight_grad" ? "split-k" : v;
             g.resetPeak();
             const fn = () => runConvPass(g, s, pass, v, bufs);
-            report(await time(g, o, fn, profiler), { conv: c.name, shape, pass, variant }, flop);
+            const r = await time(g, o, fn, profiler, undefined, true);
+            report(r, { conv: c.name, shape, pass, variant, reps: r.reps }, flop);
           }
         }
       });
@@ -363,7 +372,8 @@ export const benchCommand: Command = {
     "Prints one JSON line per result with the fields of ../shared/anchors/torch_reference.py bench (impl, device, " +
     "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
     "between GPU syncs; peak_gib is the peak of live GPU buffers (as PyTorch's max_memory_allocated), reserved_gib\n" +
-    "the peak of all buffers hadnet's pool holds (as PyTorch's reserved memory).\n\n" +
+    "the peak of all buffers hadnet's pool holds (as PyTorch's reserved memory), buffers_made the buffers it made per\n" +
+    "iteration (HADNET_POOL_RESERVE, default 1.5, bounds the pool to that multiple of the live bytes).\n\n" +
     "  --mode     conv: every convolution of the U-Net and the discriminator, forward, input and weight gradients,\n" +
     "             with TFLOP/s; infer: teacher forward (no gradients) + argmax; pretrain: student forward, backward\n" +
     "             and AdamW step; hadnet: one HAD-Net step (teacher, student and discriminator) (default hadnet)\n" +

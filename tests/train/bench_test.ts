@@ -63,7 +63,7 @@ for (const mode of BENCH_MODES) {
       ]);
     }
     for (const r of rows) {
-      for (const f of [...REFERENCE_FIELDS, "adapter", "features", "dispatches", "reserved_gib"]) {
+      for (const f of [...REFERENCE_FIELDS, "adapter", "features", "dispatches", "reserved_gib", "buffers_made"]) {
         assert.ok(f in r, `field ${f} in ${JSON.stringify(r)}`);
       }
       assert.equal(r.impl, "hadnet");
@@ -76,9 +76,12 @@ for (const mode of BENCH_MODES) {
       assert.ok(all[0] > 0);
       assert.ok((r.peak_gib as number) > 0);
       assert.ok((r.dispatches as number) >= 1);
+      assert.ok((r.buffers_made as number) >= 0);
       if (mode === "conv") {
         assert.ok(["forward", "input_grad", "weight_grad"].includes(r.pass as string));
         assert.ok((r.tflops as number) > 0);
+        // Calls per timed sample (a sync through Deno would swamp one kernel); ms and dispatches are per call.
+        assert.ok(Number.isInteger(r.reps) && (r.reps as number) >= 1 && (r.reps as number) <= 16, `reps ${r.reps}`);
       }
     }
   });
