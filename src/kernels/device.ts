@@ -62,10 +62,12 @@ export class Gpu {
   #peak = 0;
   #reserved = 0; // bytes of every storage buffer the pool holds, live or free
   #reservedPeak = 0;
+  #made = 0;
   dispatches = 0;
   /** Timestamp hook of the profiler; null when not profiling. */
   passTimer: PassTimer | null = null;
 
+  readonly #reserve = poolReserve();
   constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: Set<string>) {
     this.device = device;
     this.adapterName = adapterName;
@@ -111,8 +113,16 @@ export class Gpu {
    * Bytes held by live (not pooled) storage buffers and their peak since the last reset (PyTorch's allocated), and
    * bytes of all the pool's storage buffers, live or free (what the device holds; PyTorch's reserved).
    */
-  memory(): { live: number; peak: number; reserved: number; reservedPeak: number } {
-    return { live: this.#live, peak: this.#peak, reserved: this.#reserved, reservedPeak: this.#reservedPeak };
+  /** Pool bytes (live, reserved: live and free) with their peaks, and the storage buffers made so far. */
+  memory(): { live: number; peak: number; reserved: number; reservedPeak: number; made: number } {
+    const [live, peak, reserved, reservedPeak, made] = [
+      this.#live,
+      this.#peak,
+      this.#reserved,
+      this.#reservedPeak,
+      this.#made,
+    ];
+    return { live, peak, reserved, reservedPeak, made };
   }
   resetPeak() {
     this.#peak = this.#live;
@@ -138,11 +148,12 @@ export class Gpu {
     }
     let buf = this.#pool.get(size)?.pop();
     if (!buf) {
-      // Free buffers of other sizes (an earlier phase's) would pile up: past RESERVE x what is live, the largest go
-      // back to the driver first.
-      const over = this.#reserved + size - RESERVE * (this.#live + size);
+      // Free buffers of other sizes (an earlier phase's) would pile up: past poolReserve() x what is live, the
+      // largest go back to the driver first.
+      const over = this.#reserved + size - this.#reserve * (this.#live + size);
       if (over > 0) this.#trim(over);
       buf = this.device.createBuffer({ size, usage: STORAGE });
+      this.#made++;
       this.#reserved += size;
       this.#reservedPeak = Math.max(this.#reservedPeak, this.#reserved);
     }
@@ -277,11 +288,21 @@ export class Gpu {
 }
 
 /**
- * Before making a new buffer, the pool trims its free buffers to at most this multiple of the live bytes (Gpu.alloc). Measured on the null device at 160x192x160,
- * k=32: the HAD-Net step's pool peaked at 19.2 GiB without a bound (11.0 GiB live) and at 11.9 GiB with 1.5, for about
- * 19 extra submits a step (1.25: 11.8 GiB, 28 submits).
+ * Before making a new buffer, the pool trims its free buffers to at most this multiple of the live bytes (Gpu.alloc);
+ * HADNET_POOL_RESERVE sets it (a number >= 1). Measured on the null device at 160x192x160, k=32: the HAD-Net step's
+ * pool peaked at 19.2 GiB without a bound (11.0 GiB live) and at 11.9 GiB with 1.5, for about 19 extra submits a
+ * step (1.25: 11.8 GiB, 28 submits).
  */
 const RESERVE = 1.5;
+
+/** The pool's bound (RESERVE), or HADNET_POOL_RESERVE's. */
+export function poolReserve(): number {
+  const v = Deno.env.get("HADNET_POOL_RESERVE");
+  if (v === undefined) return RESERVE;
+  const r = Number(v);
+  if (!(r >= 1) || !Number.isFinite(r)) throw new Error(`HADNET_POOL_RESERVE must be a number >= 1, got "${v}"`);
+  return r;
+}
 
 /** Pool bucket: exact multiples of 256 B up to 1 MiB, then steps of 1/8 of the next power of two. */
 function bucket(bytes: number): number {

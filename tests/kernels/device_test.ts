@@ -13,7 +13,7 @@ Deno.test("the pool reuses a freed buffer of the same size and destroys stale si
   g.free(a);
   assert.equal(g.alloc(8 * MIB), a, "same bucket: the freed buffer comes back");
   g.free(a);
-  assert.deepEqual(g.memory(), { live: 0, peak: 8 * MIB, reserved: 8 * MIB, reservedPeak: 8 * MIB });
+  assert.deepEqual(g.memory(), { live: 0, peak: 8 * MIB, reserved: 8 * MIB, reservedPeak: 8 * MIB, made: 1 });
   // 8 MiB free + 10 MiB new > 1.5 x 10 MiB live: the free 8 MiB buffer goes before the new one is made.
   const b = g.alloc(10 * MIB);
   assert.notEqual(b, a);
@@ -27,6 +27,31 @@ Deno.test("the pool reuses a freed buffer of the same size and destroys stale si
   assert.equal(g.memory().reserved, 10 * MIB, "the 10 MiB buffer was destroyed for c; c's 2 MiB is kept");
   assert.equal(g.memory().live, 8 * MIB);
   for (const x of [d, e]) g.free(x);
+});
+
+Deno.test("HADNET_POOL_RESERVE sets the pool's bound (a number >= 1), and anything else is an error naming it", () => {
+  const withReserve = <T>(v: string, f: () => T): T => {
+    Deno.env.set("HADNET_POOL_RESERVE", v);
+    try {
+      return f();
+    } finally {
+      Deno.env.delete("HADNET_POOL_RESERVE");
+    }
+  };
+  withReserve("2.5", () => {
+    const g = planGpu();
+    const a = g.alloc(8 * MIB);
+    g.free(a);
+    g.alloc(10 * MIB); // 8 MiB free + 10 MiB new <= 2.5 x 10 MiB live: nothing is destroyed
+    assert.deepEqual([g.memory().reserved, g.memory().made], [18 * MIB, 2]);
+    assert.equal(g.alloc(8 * MIB), a, "the kept buffer is reused");
+  });
+  for (const bad of ["0.5", "abc", "", "Infinity"]) {
+    assert.throws(
+      () => withReserve(bad, planGpu),
+      new RegExp(`HADNET_POOL_RESERVE must be a number >= 1, got "${bad}"`),
+    );
+  }
 });
 
 Deno.test("values survive a pool trim in the middle of recorded work", async () => {
