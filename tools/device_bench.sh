@@ -13,6 +13,7 @@
 #   tuned      infer, pretrain, hadnet with --conv-kernel tuned (its "tune" lines give both kernels' times)
 #   gather     infer, pretrain, hadnet with the gather kernels (--conv-kernel gather)
 #   cl         infer, pretrain, hadnet with --conv-kernel channels-last
+#   pool       pretrain and hadnet with tuned kernels and HADNET_POOL_RESERVE=3 (no buffers made per step)
 #   profile    one pre-training step and one HAD-Net step with tuned kernels, GPU time per kernel
 #   f16        inference with f16 activations: gather kernel, then tuned
 #   tf32       PyTorch with TF32 on: infer, pretrain, hadnet
@@ -73,6 +74,11 @@ group() {
     step 90 "${hadnet[@]}" --mode pretrain --iters 3 --warmup 1 --conv-kernel "$kernels"
     step 120 "${hadnet[@]}" --mode hadnet --iters 2 --warmup 1 --conv-kernel "$kernels"
     ;;
+  pool)
+    for m in pretrain hadnet; do
+      step 120 env HADNET_POOL_RESERVE=3 "${hadnet[@]}" --mode $m --iters 3 --warmup 1 --conv-kernel tuned
+    done
+    ;;
   profile)
     step 90 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --conv-kernel tuned --profile
     step 90 "${hadnet[@]}" --mode hadnet --iters 1 --warmup 1 --conv-kernel tuned --profile
@@ -85,7 +91,7 @@ group() {
   esac
 }
 
-groups=(check torch conv torchconv tuned gather cl profile f16 tf32)
+groups=(check torch conv torchconv tuned gather cl pool profile f16 tf32)
 (($# == 0)) && set -- "${groups[@]}"
 for g in "$@"; do
   [[ " ${groups[*]} " == *" $g "* ]] || {

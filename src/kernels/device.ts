@@ -67,7 +67,8 @@ export class Gpu {
   /** Timestamp hook of the profiler; null when not profiling. */
   passTimer: PassTimer | null = null;
 
-  readonly #reserve = poolReserve();
+  /** The pool's bound: free buffers are trimmed to keep what it holds within this multiple of the live bytes. */
+  readonly poolReserve = poolReserve();
   constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: Set<string>) {
     this.device = device;
     this.adapterName = adapterName;
@@ -150,7 +151,7 @@ export class Gpu {
     if (!buf) {
       // Free buffers of other sizes (an earlier phase's) would pile up: past poolReserve() x what is live, the
       // largest go back to the driver first.
-      const over = this.#reserved + size - this.#reserve * (this.#live + size);
+      const over = this.#reserved + size - this.poolReserve * (this.#live + size);
       if (over > 0) this.#trim(over);
       buf = this.device.createBuffer({ size, usage: STORAGE });
       this.#made++;

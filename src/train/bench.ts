@@ -159,6 +159,7 @@ function baseFields(g: Gpu, o: BenchOptions) {
     k: o.k,
     ...(o.f16 ? { storage: "f16" } : {}),
     ...(o.convKernels && o.convKernels !== "gather" ? { conv_kernels: o.convKernels } : {}),
+    pool_reserve: g.poolReserve,
   };
 }
 

@@ -77,6 +77,7 @@ for (const mode of BENCH_MODES) {
       assert.ok((r.peak_gib as number) > 0);
       assert.ok((r.dispatches as number) >= 1);
       assert.ok((r.buffers_made as number) >= 0);
+      assert.equal(r.pool_reserve, 1.5);
       if (mode === "conv") {
         assert.ok(["forward", "input_grad", "weight_grad"].includes(r.pass as string));
         assert.ok((r.tflops as number) > 0);
