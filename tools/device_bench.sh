@@ -14,7 +14,7 @@
 #   gather     infer, pretrain, hadnet with the gather kernels (--conv-kernel gather)
 #   cl         infer, pretrain, hadnet with --conv-kernel channels-last
 #   pool       pretrain and hadnet with tuned kernels and HADNET_POOL_RESERVE=3 (no buffers made per step)
-#   profile    one pre-training step and one HAD-Net step with tuned kernels, GPU time per kernel
+#   profile    one inference, pre-training step and HAD-Net step with tuned kernels, GPU time per kernel
 #   f16        inference with f16 activations: gather kernel, then tuned
 #   tf32       PyTorch with TF32 on: infer, pretrain, hadnet
 # Every result is appended at once to $OUT/bench.jsonl (hadnet and PyTorch lines alike), and each step has its own time
@@ -80,8 +80,7 @@ group() {
     done
     ;;
   profile)
-    step 90 "${hadnet[@]}" --mode pretrain --iters 1 --warmup 1 --conv-kernel tuned --profile
-    step 90 "${hadnet[@]}" --mode hadnet --iters 1 --warmup 1 --conv-kernel tuned --profile
+    for m in infer pretrain hadnet; do step 90 "${hadnet[@]}" --mode $m --iters 1 --warmup 1 --conv-kernel tuned --profile; done
     ;;
   f16)
     step 60 "${hadnet[@]}" --mode infer --iters 5 --warmup 2 --f16
