@@ -47,9 +47,10 @@ export function choiceOpt<T extends string>(v: unknown, name: string, choices: r
 
 /** Help for --conv-kernel (training, inference and bench share it; src/kernels/conv_select.ts). */
 export const CONV_KERNEL_HELP =
-  "  --conv-kernel K       convolution kernels: gather (default), channels-last (GEMMs, wherever they apply: weight\n" +
-  "                        gradients, and the 3x3x3 and 4x4x4 stride-2 forward and input gradient, where channels\n" +
-  "                        padded to multiples of 16 in and 32 out leave a quarter of the work real; they hold up to\n" +
-  "                        256 MiB of scratch and a reordered copy of the weights while they run) or tuned (both\n" +
-  "                        timed on this GPU for each shape and pass after the first step it appears in, the faster\n" +
-  '                        kept and logged as a "tune" event)';
+  "  --conv-kernel K       convolution kernels: auto (the default: channels-last on a GPU, gather on a CPU adapter),\n" +
+  "                        gather, channels-last (GEMMs, wherever they apply: weight gradients, and the 3x3x3 and\n" +
+  "                        4x4x4 stride-2 forward and input gradient, where channels padded to multiples of 16 in and\n" +
+  "                        32 out leave a quarter of the work real; they hold up to 256 MiB of scratch and a\n" +
+  "                        reordered copy of the weights while they run) or tuned (both timed on this GPU for each\n" +
+  "                        shape and pass after the first step it appears in, the faster kept and logged as a\n" +
+  '                        "tune" event)';

@@ -42,7 +42,7 @@ export async function withSplit(
   }
 }
 
-/** Runs f with g's convolutions picked by `kernels` (then the default, gather); returns the kernels it dispatched. */
+/** Runs f with g's convolutions picked by `kernels` (then the default, auto); returns the kernels it dispatched. */
 export async function dispatchedWith(g: Gpu, kernels: ConvKernels, f: () => Promise<void>): Promise<string[]> {
   const names: string[] = [], dispatch = g.dispatch.bind(g);
   g.dispatch = (k, ...rest) => (names.push(k.name), dispatch(k, ...rest));
@@ -50,7 +50,7 @@ export async function dispatchedWith(g: Gpu, kernels: ConvKernels, f: () => Prom
   try {
     await f();
   } finally {
-    setConvKernels(g, "gather");
+    setConvKernels(g, "auto");
     Reflect.deleteProperty(g, "dispatch");
   }
   return names;

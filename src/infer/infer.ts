@@ -474,7 +474,7 @@ export async function runInference(g: Gpu, o: InferOptions): Promise<InferSummar
   if (o.f16 && !g.features.has("shader-f16")) {
     throw new Error(`--f16 needs the adapter's shader-f16 feature, which ${g.adapterName} lacks`);
   }
-  setConvKernels(g, o.convKernels ?? "gather");
+  setConvKernels(g, o.convKernels ?? "auto");
   const write = o.write ?? ((t: string) => Deno.stderr.writeSync(new TextEncoder().encode(t)));
   const semantics = await loadSemantics(o.semantics);
   const channels = o.role === "teacher" ? semantics.teacherChannels : semantics.studentChannels;

@@ -2,11 +2,12 @@
 //
 // A kernel is data (`Kernel`: a name, WGSL source, an optional cache key); `gpu.dispatch` binds buffer windows and a
 // uniform block and records the dispatch into the step's single command encoder. Nothing is submitted until
-// `flush()` (or a readback, or a pool trim) so a training step is one submit or a few. Storage buffers come from a size-bucketed pool: a
-// disposed tensor's buffer is reused at once, never left to GC; when a new buffer must be made and the pool would hold
-// more than 1.5x the live bytes, free ones are destroyed first (after a submit), so sizes a past phase used do not
-// pile up. (Between steps, freed buffers stay until the next new one is needed.) Readbacks are batched into one staging buffer and one
-// mapAsync (each costs >= 10 ms).
+// `flush()` (or a readback, or a pool trim) so a training step is one submit or a few. Storage buffers come from a
+// size-bucketed pool: a disposed tensor's buffer is reused at once, never left to GC; when a new buffer must be made and
+// the pool would hold more than 3x (RESERVE) the live bytes, free ones are destroyed first (after a submit), so sizes a
+// past phase used do not pile up. (Between steps, freed buffers stay until the next new one is needed.) Readbacks are
+// batched into one staging buffer and one mapAsync (each costs >= 10 ms: Deno resolves it on a poll, ~11 ms here and
+// on the H100).
 //
 // Tensors larger than the adapter's max storage binding: kernels bind windows of a buffer (`Binding.offset/size`)
 // and split their dispatches over channel planes (`planeChunks`). `setMaxBindingForTests` lowers the limit so the
@@ -69,7 +70,7 @@ export class Gpu {
 
   /** The pool's bound: free buffers are trimmed to keep what it holds within this multiple of the live bytes. */
   readonly poolReserve = poolReserve();
-  constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: Set<string>) {
+  constructor(device: GPUDevice, adapterName: string, isFallback: boolean, features: ReadonlySet<string>) {
     this.device = device;
     this.adapterName = adapterName;
     this.isFallback = isFallback;
@@ -289,12 +290,14 @@ export class Gpu {
 }
 
 /**
- * Before making a new buffer, the pool trims its free buffers to at most this multiple of the live bytes (Gpu.alloc);
- * HADNET_POOL_RESERVE sets it (a number >= 1). Measured on the null device at 160x192x160, k=32: the HAD-Net step's
- * pool peaked at 19.2 GiB without a bound (11.0 GiB live) and at 11.9 GiB with 1.5, for about 19 extra submits a
- * step (1.25: 11.8 GiB, 28 submits).
+ * Before making a new buffer, the pool trims its free buffers, largest first, to at most this multiple of the live
+ * bytes (Gpu.alloc); HADNET_POOL_RESERVE sets it (a number >= 1). Making buffers is what costs: on an H100 (160x192x160,
+ * k=32, tuned kernels) a HAD-Net step that made 68 buffers took 1500 ms at 1.5, and 1006 ms making 8 at 3 (a
+ * pre-training step 387 against 327 ms). On the null device with channels-last kernels a HAD-Net step holds 12.25 GiB
+ * and makes 50 buffers (14.6 GiB) a step at 1.5, 13.11 GiB and none at 3, around 11.0 GiB live; the gather kernels'
+ * phases differ more (19.3 GiB at 3), as without a bound.
  */
-const RESERVE = 1.5;
+const RESERVE = 3;
 
 /** The pool's bound (RESERVE), or HADNET_POOL_RESERVE's. */
 export function poolReserve(): number {

@@ -18,6 +18,7 @@ import {
   CONV_KERNELS,
   CONV_PASSES,
   type ConvKernels,
+  convKernels,
   runConvPass,
   sampleMs,
   setConvKernels,
@@ -158,7 +159,7 @@ function baseFields(g: Gpu, o: BenchOptions) {
     size: o.size,
     k: o.k,
     ...(o.f16 ? { storage: "f16" } : {}),
-    ...(o.convKernels && o.convKernels !== "gather" ? { conv_kernels: o.convKernels } : {}),
+    ...(o.mode === "conv" ? {} : { conv_kernels: convKernels(g) }), // conv mode times every kernel
     pool_reserve: g.poolReserve,
   };
 }
@@ -179,7 +180,7 @@ export async function runBench(
   if (!convCases(o.size, o.k).some((c) => c.name.includes(o.conv ?? ""))) {
     throw new UsageError(`--conv "${o.conv}" names no convolution of the networks`);
   }
-  if (o.convKernels && o.convKernels !== "gather" && o.mode === "conv") {
+  if (o.convKernels && o.mode === "conv") {
     throw new UsageError("--conv-kernel applies to --mode infer, pretrain and hadnet (--mode conv times every kernel)");
   }
   if (o.convKernels === "tuned" && o.plan) {
@@ -187,7 +188,7 @@ export async function runBench(
   }
   if (o.convKernels === "tuned" && o.warmup < 1) throw new UsageError("--conv-kernel tuned needs --warmup >= 1");
   const g = device ?? (o.plan ? planGpu() : await gpu());
-  setConvKernels(g, o.convKernels ?? "gather");
+  setConvKernels(g, o.convKernels ?? "auto");
   let profiler: Profiler | null = null;
   if (o.profile) {
     profiler = Profiler.create(g);
@@ -374,7 +375,7 @@ export const benchCommand: Command = {
     "mode, size, k, ms_median, ms_all, peak_gib) plus adapter and dispatches per iteration; each iteration is timed " +
     "between GPU syncs; peak_gib is the peak of live GPU buffers (as PyTorch's max_memory_allocated), reserved_gib\n" +
     "the peak of all buffers hadnet's pool holds (as PyTorch's reserved memory), buffers_made the buffers it made per\n" +
-    "iteration (HADNET_POOL_RESERVE, default 1.5, bounds the pool to that multiple of the live bytes).\n\n" +
+    "iteration (HADNET_POOL_RESERVE, default 3, bounds the pool to that multiple of the live bytes).\n\n" +
     "  --mode     conv: every convolution of the U-Net and the discriminator, forward, input and weight gradients,\n" +
     "             with TFLOP/s; infer: teacher forward (no gradients) + argmax; pretrain: student forward, backward\n" +
     "             and AdamW step; hadnet: one HAD-Net step (teacher, student and discriminator) (default hadnet)\n" +

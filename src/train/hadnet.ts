@@ -87,7 +87,7 @@ export const HADNET_DEFAULTS = {
   continuousSaving: false,
   seed: 0,
   test: [] as string[],
-  convKernels: "gather" as ConvKernels,
+  convKernels: "auto" as ConvKernels,
 };
 
 export const HADNET_CHECKPOINT = "HAD_Net_BEST_VAL_VM.safetensors";

@@ -88,7 +88,7 @@ export const PRETRAIN_DEFAULTS = {
   continuousSaving: false,
   seed: 0,
   test: [] as string[],
-  convKernels: "gather" as ConvKernels,
+  convKernels: "auto" as ConvKernels,
 };
 
 export const CHECKPOINT_NAMES: Record<Role, string> = {

@@ -122,7 +122,7 @@ Deno.test("infer --help documents every option", () => {
 Deno.test("infer refuses an unknown --conv-kernel, naming the choices", async () => {
   await assert.rejects(
     () => inferCommands.infer.run({ "conv-kernel": "fastest" }, ["in", "out"]),
-    /--conv-kernel must be one of gather, channels-last, tuned, got "fastest"/,
+    /--conv-kernel must be one of auto, gather, channels-last, tuned, got "fastest"/,
   );
 });
 

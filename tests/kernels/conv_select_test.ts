@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import { conv3dForwardChannelsLast } from "../../src/kernels/conv3d_cl.ts";
-import { convVariant, setConvKernels, tuneConvs, tuneReps } from "../../src/kernels/conv_select.ts";
+import { convKernels, convVariant, setConvKernels, tuneConvs, tuneReps } from "../../src/kernels/conv_select.ts";
 import type { Gpu } from "../../src/kernels/device.ts";
+import { planGpu } from "../../src/kernels/null_device.ts";
 import { conv3d } from "../../src/nn/ops/conv.ts";
 import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
 import { assertClose, rand, testGpu } from "../util.ts";
@@ -37,10 +38,15 @@ async function convOp(g: Gpu, xs: number[], cout: number, stride: 1 | 2 = 1, dw 
 
 const shape = (xs: number[], cout: number) => K.conv3dShape(xs, [cout, xs[1], 3, 3, 3], [cout], 1, 1);
 
-Deno.test("conv kernels: gather by default, channels-last where eligible in that mode, both exact", async () => {
+Deno.test("conv kernels: auto (gather on a CPU adapter, channels-last on a GPU), channels-last where eligible, both exact", async () => {
   const g = await testGpu();
   const s = shape([2, 32, 5, 6, 7], 32), small = shape([1, 3, 5, 6, 7], 32);
   try {
+    setConvKernels(g, "auto");
+    assert.equal(convKernels(g), g.isFallback ? "gather" : "channels-last");
+    assert.equal(convVariant(g, s, "forward"), g.isFallback ? "gather" : "channels-last");
+    assert.equal(convKernels(planGpu()), "channels-last", "the null device stands for an H100");
+    setConvKernels(g, "gather");
     assert.equal(convVariant(g, s, "forward"), "gather");
     setConvKernels(g, "channels-last");
     assert.equal(convVariant(g, s, "forward"), "channels-last");
@@ -64,7 +70,7 @@ Deno.test("conv kernels: gather by default, channels-last where eligible in that
     assert.ok(cl2[0] !== gather2[0] && cl2[1] !== gather2[1], `channels-last ran: ${cl2} vs gather ${gather2}`);
     assert.ok(mixed[0] > gatherMixed[0] && mixed[1] === gatherMixed[1], `${mixed} vs ${gatherMixed}`);
   } finally {
-    setConvKernels(g, "gather");
+    setConvKernels(g, "auto");
   }
 });
 
@@ -106,7 +112,7 @@ Deno.test("conv kernels tuned: eligible shapes seen are timed once, the faster k
     setConvKernels(g, "gather");
     assert.deepEqual(await tuneConvs(g, 1), []);
   } finally {
-    setConvKernels(g, "gather");
+    setConvKernels(g, "auto");
   }
 });
 

@@ -133,7 +133,7 @@ Deno.test({
         /convKernels was "tuned", now "gather"/,
       );
     } finally {
-      setConvKernels(g, "gather");
+      setConvKernels(g, "auto");
     }
     // At k = 2 channels-last takes the forward and input gradient of levels 3 and 4 (8 or 16 of 16 channels in, 16 or
     // 32 of 32 out), and their weight gradients but the up path's 8 -> 4 (in the step's order).
@@ -219,7 +219,7 @@ Deno.test({
       const r = await trainHadnet(g, cfg, quiet);
       assert.ok(r.history.every((h) => Number.isFinite(h.genLoss) && Number.isFinite(h.discLoss)));
     } finally {
-      setConvKernels(g, "gather");
+      setConvKernels(g, "auto");
     }
     // At k = 2 (32^3): the discriminator's stride-2 passes from 16 channels up (the U-Net's eligible shapes may have
     // been timed already by an earlier test in this process: choices stay with the device).
