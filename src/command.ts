@@ -47,7 +47,8 @@ export function choiceOpt<T extends string>(v: unknown, name: string, choices: r
 
 /** Help for --conv-kernel (training, inference and bench share it; src/kernels/conv_select.ts). */
 export const CONV_KERNEL_HELP =
-  "  --conv-kernel K       convolution kernels: auto (the default: channels-last on a GPU, gather on a CPU adapter),\n" +
+  "  --conv-kernel K       convolution kernels: auto (the default: channels-last on a GPU where channel padding is\n" +
+  "                        at most half of the reduction, else gather; gather on a CPU adapter),\n" +
   "                        gather, channels-last (GEMMs, wherever they apply: weight gradients, and the 3x3x3 and\n" +
   "                        4x4x4 stride-2 forward and input gradient, where channels padded to multiples of 16 in and\n" +
   "                        32 out leave a quarter of the work real; they hold up to 256 MiB of scratch and a\n" +

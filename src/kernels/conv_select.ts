@@ -2,9 +2,12 @@
 // the channels-last GEMMs (conv3d_cl.ts for the forward and input gradient, conv3d_cl_dw.ts for the weight gradient).
 // Which is faster depends on the device and the shape (on llvmpipe channels-last ran 0.1x-2x the gather's speed by
 // layer and pass), so it is a per-device mode (`--conv-kernel`):
-// - "auto" (the default): channels-last on a GPU, gather on a CPU (fallback) adapter. Measured at 160x192x160, k=32
-//   on an H100, channels-last against gather: inference 128 against 134 ms, a pre-training step 380 against 498, a
-//   HAD-Net step 1302 against 1884; on llvmpipe (64^3, k=8) a pre-training step took 3677 against 2455 ms;
+// - "auto" (the default): on a GPU, channels-last wherever eligible but for a forward or input gradient whose staged
+//   reduction is more than half zero padding (the teacher's first forward: 4 of 16 channels; 5.7 ms per call against
+//   the gather's 2.3 on an H100 at 160x192x160, 142 against 34 ms on llvmpipe at 32^3); on a CPU (fallback) adapter,
+//   gather. Measured at 160x192x160, k=32 on an H100, channels-last against gather: inference 128 against 134 ms, a
+//   pre-training step 380 against 498, a HAD-Net step 1302 against 1884; on llvmpipe (64^3, k=8) a pre-training step
+//   took 3677 against 2455 ms;
 // - "gather": the gather kernel everywhere;
 // - "channels-last": channels-last wherever eligible;
 // - "tuned": measured, not guessed. Every eligible shape and pass seen since the last tuneConvs call is timed there
@@ -17,6 +20,7 @@
 
 import { conv3dBackwardInput, conv3dBackwardWeight, conv3dForward, type Conv3dShape } from "./conv3d.ts";
 import {
+  channelsLastPlan,
   channelsLastTakes,
   type ClPass,
   conv3dBackwardInputChannelsLast,
@@ -33,7 +37,7 @@ export const CONV_KERNELS = ["auto", "gather", "channels-last", "tuned"] as cons
 export type ConvKernels = typeof CONV_KERNELS[number];
 
 interface Table {
-  mode: Exclude<ConvKernels, "auto">;
+  mode: ConvKernels; // "auto" only on a GPU: a CPU adapter's auto is "gather"
   chosen: Map<string, ConvVariant>;
   /** Eligible shapes seen in tuned mode and not yet timed. */
   pending: Map<string, { s: Conv3dShape; pass: ConvPass; types: StoragePair }>;
@@ -46,8 +50,11 @@ function table(g: Gpu): Table {
   return t;
 }
 
-/** What "auto" runs on this device (see the header). */
-const auto = (g: Gpu) => g.isFallback ? "gather" : "channels-last";
+/** What "auto" is on this device (see the header). */
+const auto = (g: Gpu) => g.isFallback ? "gather" : "auto";
+
+/** Of a GEMM pass's staged reduction (K, padded to 16 channels), at least this share must be real for auto to run it. */
+const AUTO_MIN_K_USE = 0.5;
 
 /** A pass, its shape and (where not f32) its storage, as tuning logs it. */
 const key = (s: Conv3dShape, pass: ConvPass, types: StoragePair) =>
@@ -60,8 +67,8 @@ export function setConvKernels(g: Gpu, mode: ConvKernels) {
   if (mode !== "tuned") table(g).pending.clear();
 }
 
-/** How this device picks convolution kernels now ("auto" resolved). */
-export function convKernels(g: Gpu): Exclude<ConvKernels, "auto"> {
+/** How this device picks convolution kernels now ("auto" on a CPU adapter is "gather"). */
+export function convKernels(g: Gpu): ConvKernels {
   return table(g).mode;
 }
 
@@ -75,6 +82,10 @@ export function convVariant(g: Gpu, s: Conv3dShape, pass: ConvPass, types = F32_
   const t = table(g);
   if (t.mode === "gather" || !channelsLastApplies(g, s, pass)) return "gather";
   if (t.mode === "channels-last") return "channels-last";
+  if (t.mode === "auto") {
+    const p = pass === "weight_grad" ? null : channelsLastPlan(g, s, pass); // the weight gradient's K is voxels
+    return p && p.kReal / p.k < AUTO_MIN_K_USE ? "gather" : "channels-last";
+  }
   const k = key(s, pass, types), v = t.chosen.get(k);
   if (!v) t.pending.set(k, { s, pass, types });
   return v ?? "gather";
