@@ -39,7 +39,7 @@ def main():
             continue
         seen.add((r['conv'], r['pass']))
         s = r['shape']
-        k, stride, pad = s['kernel'], s['stride'], 0 if s['kernel'] == 1 else 1
+        k, stride, pad = s['kernel'], s['stride'], s['pad']
         x = torch.rand(1, s['cin'], *s['input'], device=dev)
         w = torch.rand(s['cout'], s['cin'], k, k, k, device=dev)
         b = torch.zeros(s['cout'], device=dev)

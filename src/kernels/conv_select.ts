@@ -61,9 +61,14 @@ const key = (s: Conv3dShape, pass: ConvPass, types: StoragePair) =>
   `${pass}${types.every((t) => t === "f32") ? "" : ` ${types.join("->")}`} [${s.n},${s.cin},${s.d},${s.h},${s.w}] -> ` +
   `${s.cout}, k${s.k} s${s.stride} p${s.pad}`;
 
+/** A mode as this device runs it: "auto" is "gather" on a CPU adapter. */
+export function convKernelsOn(g: Gpu, mode: ConvKernels): ConvKernels {
+  return mode === "auto" ? auto(g) : mode;
+}
+
 /** Sets how this device picks convolution kernels (see the header); tuned choices already made stay. */
 export function setConvKernels(g: Gpu, mode: ConvKernels) {
-  table(g).mode = mode === "auto" ? auto(g) : mode;
+  table(g).mode = convKernelsOn(g, mode);
   if (mode !== "tuned") table(g).pending.clear();
 }
 

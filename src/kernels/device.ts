@@ -112,19 +112,13 @@ export class Gpu {
   }
 
   /**
-   * Bytes held by live (not pooled) storage buffers and their peak since the last reset (PyTorch's allocated), and
-   * bytes of all the pool's storage buffers, live or free (what the device holds; PyTorch's reserved).
+   * Bytes held by live (not pooled) storage buffers and their peak since the last reset (PyTorch's allocated), bytes
+   * of all the pool's storage buffers, live or free (what the device holds; PyTorch's reserved), and their peak, and
+   * the storage buffers made so far.
    */
-  /** Pool bytes (live, reserved: live and free) with their peaks, and the storage buffers made so far. */
   memory(): { live: number; peak: number; reserved: number; reservedPeak: number; made: number } {
-    const [live, peak, reserved, reservedPeak, made] = [
-      this.#live,
-      this.#peak,
-      this.#reserved,
-      this.#reservedPeak,
-      this.#made,
-    ];
-    return { live, peak, reserved, reservedPeak, made };
+    const [live, peak, reserved, reservedPeak] = [this.#live, this.#peak, this.#reserved, this.#reservedPeak];
+    return { live, peak, reserved, reservedPeak, made: this.#made };
   }
   resetPeak() {
     this.#peak = this.#live;
@@ -150,8 +144,8 @@ export class Gpu {
     }
     let buf = this.#pool.get(size)?.pop();
     if (!buf) {
-      // Free buffers of other sizes (an earlier phase's) would pile up: past poolReserve() x what is live, the
-      // largest go back to the driver first.
+      // Free buffers of other sizes (an earlier phase's) would pile up: past poolReserve x what is live, the largest
+      // go back to the driver first.
       const over = this.#reserved + size - this.poolReserve * (this.#live + size);
       if (over > 0) this.#trim(over);
       buf = this.device.createBuffer({ size, usage: STORAGE });

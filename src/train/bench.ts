@@ -265,7 +265,7 @@ async function benchMode(
         K.conv3dForward(g, s, x.buffer, w.buffer, b.buffer, y.buffer); // y doubles as dy for the gradients
         const flop = 2 * c.cout * c.cin * c.kernel ** 3 * s.od * s.oh * s.ow;
         const bufs = { x: x.buffer, w: w.buffer, b: b.buffer, y: y.buffer, dx: dx.buffer, dw: dw.buffer };
-        const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, input: c.dims };
+        const shape = { cin: c.cin, cout: c.cout, kernel: c.kernel, stride: c.stride, pad: c.pad, input: c.dims };
         // Each pass with the gather kernel (the weight gradient's is split-K), then with the channels-last one
         // (src/kernels/conv3d_cl.ts, conv3d_cl_dw.ts) where it applies.
         for (const pass of CONV_PASSES) {

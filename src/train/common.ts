@@ -8,6 +8,7 @@
 
 import type { Sample } from "../data/augment.ts";
 import { JsonlLog, readJsonl } from "../data/progress.ts";
+import { type ConvKernels, convKernelsOn } from "../kernels/conv_select.ts";
 import type { Gpu } from "../kernels/device.ts";
 import type { Params, StateDict } from "../nn/module.ts";
 import { argmax, crossEntropy } from "../nn/ops/loss.ts";
@@ -240,10 +241,17 @@ export function restoreOptimiser(ck: ResumeCheckpoint, prefix: string, opt: Opti
 
 /**
  * On resume the settings must be those the run started with, except `epochs` (a run may be extended) and the
- * listed keys: one error naming every difference.
+ * listed keys: one error naming every difference. Convolution kernels compare as this device runs them, so a run
+ * saved with "gather" resumes under "auto" on a CPU adapter (where auto is gather), not on a GPU.
  */
-export function checkResumeConfig(savedConfig: object, nowConfig: object, free: string[]) {
-  const saved = savedConfig as Record<string, unknown>, now = nowConfig as Record<string, unknown>;
+export function checkResumeConfig(
+  g: Gpu,
+  savedConfig: { convKernels: ConvKernels },
+  nowConfig: { convKernels: ConvKernels },
+  free: string[],
+) {
+  const kernels = (c: { convKernels: ConvKernels }) => ({ ...c, convKernels: convKernelsOn(g, c.convKernels) });
+  const saved: Record<string, unknown> = kernels(savedConfig), now: Record<string, unknown> = kernels(nowConfig);
   const skip = new Set(["epochs", ...free]);
   const keys = [...new Set([...Object.keys(saved), ...Object.keys(now)])].filter((k) => !skip.has(k)).sort();
   const diff = keys.filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(now[k]));

@@ -255,7 +255,7 @@ export async function trainHadnet(
   const { root, semantics } = await prepareData(cfg, !!o.resume);
   const ck = o.resume ? await loadResume<HadnetState>(`${cfg.out}/${RESUME_FILE}`) : null;
   // Settings a run predates take their defaults (what it ran with).
-  if (ck) checkResumeConfig({ ...HADNET_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
+  if (ck) checkResumeConfig(g, { ...HADNET_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
   setConvKernels(g, cfg.convKernels);
   // On resume every network comes from the checkpoint; otherwise from the pre-trained files.
   const pair: PretrainedPair = ck

@@ -159,7 +159,7 @@ export async function pretrain(g: Gpu, cfg: PretrainConfig, o: RunOptions = {}):
   const { root, semantics } = await prepareData(cfg, !!o.resume);
   const ck = o.resume ? await loadResume<PretrainState>(`${cfg.out}/${RESUME_FILE}`) : null;
   // Settings a run predates take their defaults (what it ran with).
-  if (ck) checkResumeConfig({ ...PRETRAIN_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
+  if (ck) checkResumeConfig(g, { ...PRETRAIN_DEFAULTS, ...ck.state.config }, cfg, ["continuousSaving", "out"]);
   setConvKernels(g, cfg.convKernels);
   const cache = new SubjectCache(root, semantics, cfg.role, o.cacheBytes);
 

@@ -92,7 +92,17 @@ Deno.test("conv3d splits channel planes over binding windows when the binding li
 });
 
 Deno.test("conv3d GPU 1x1x1 weight gradient with few workgroups per chunk: one chunk per row (153 > 64 rows)", async () => {
-  await checkGpu([1, 3, 9, 17, 5], 4, VARIANTS[2]);
+  const g = await testGpu(), chunks: number[] = [], dispatch = g.dispatch.bind(g);
+  g.dispatch = (k, ...rest) => {
+    if (k.name.startsWith("conv3d_dw")) chunks.push(rest[2][2]); // grid z: row chunks
+    return dispatch(k, ...rest);
+  };
+  try {
+    await checkGpu([1, 3, 9, 17, 5], 4, VARIANTS[2]);
+  } finally {
+    Reflect.deleteProperty(g, "dispatch");
+  }
+  assert.deepEqual(chunks, [153]); // one workgroup of 3 x 4 weights per chunk: DW_CHUNKS (64) would leave GPUs idle
 });
 
 Deno.test("conv3d bias gradient sums planes in chunks: N=2, three chunks (the last short), windows of channels", async () => {

@@ -8,8 +8,21 @@ import { testGpu } from "../util.ts";
 
 const MIB = 2 ** 20;
 
+/** Runs f with HADNET_POOL_RESERVE set to v (undefined: unset), then puts back what the caller had. */
+function withReserve<T>(v: string | undefined, f: () => T): T {
+  const before = Deno.env.get("HADNET_POOL_RESERVE");
+  const set = (x: string | undefined) =>
+    x === undefined ? Deno.env.delete("HADNET_POOL_RESERVE") : Deno.env.set("HADNET_POOL_RESERVE", x);
+  set(v);
+  try {
+    return f();
+  } finally {
+    set(before);
+  }
+}
+
 Deno.test("the pool reuses a freed buffer of the same size and destroys stale sizes past 3x the live bytes", () => {
-  const g = planGpu(); // bookkeeping only: the same pool code as on an adapter
+  const g = withReserve(undefined, planGpu); // bookkeeping only: the same pool code as on an adapter
   assert.equal(g.poolReserve, 3);
   const a = g.alloc(8 * MIB);
   g.free(a);
@@ -34,14 +47,6 @@ Deno.test("the pool reuses a freed buffer of the same size and destroys stale si
 });
 
 Deno.test("HADNET_POOL_RESERVE sets the pool's bound (a number >= 1), and anything else is an error naming it", () => {
-  const withReserve = <T>(v: string, f: () => T): T => {
-    Deno.env.set("HADNET_POOL_RESERVE", v);
-    try {
-      return f();
-    } finally {
-      Deno.env.delete("HADNET_POOL_RESERVE");
-    }
-  };
   withReserve("1.5", () => {
     const g = planGpu();
     assert.equal(g.poolReserve, 1.5);
@@ -60,7 +65,8 @@ Deno.test("HADNET_POOL_RESERVE sets the pool's bound (a number >= 1), and anythi
 
 Deno.test("values survive a pool trim in the middle of recorded work", async () => {
   const t = await testGpu();
-  const g = new Gpu(t.device, t.adapterName, t.isFallback, t.features); // the same device, an empty pool of its own
+  // The same device, an empty pool of its own, with the default bound.
+  const g = withReserve(undefined, () => new Gpu(t.device, t.adapterName, t.isFallback, t.features));
   const n = 1 << 20; // 4 MiB of f32
   const x = g.alloc(64 * MIB), y = g.alloc(4 * n);
   g.write(x, new Float32Array(n).fill(1.5));

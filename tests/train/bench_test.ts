@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { BENCH_MODES, benchCommand, convCases, runBench } from "../../src/train/bench.ts";
 import { UsageError } from "../../src/command.ts";
+import { poolReserve } from "../../src/kernels/device.ts";
 import { planGpu } from "../../src/kernels/null_device.ts";
 import { testGpu } from "../util.ts";
 
@@ -77,7 +78,7 @@ for (const mode of BENCH_MODES) {
       assert.ok((r.peak_gib as number) > 0);
       assert.ok((r.dispatches as number) >= 1);
       assert.ok((r.buffers_made as number) >= 0);
-      assert.equal(r.pool_reserve, 3);
+      assert.equal(r.pool_reserve, poolReserve());
       if (mode === "conv") {
         assert.ok(["forward", "input_grad", "weight_grad"].includes(r.pass as string));
         assert.ok((r.tflops as number) > 0);
@@ -123,7 +124,10 @@ for (const [mode, target] of Object.entries(MEMORY_TARGETS_GIB)) {
     assert.match(String(r.device), /null device/);
     assert.ok((r.peak_gib as number) > 1, `peak ${r.peak_gib} GiB is implausibly small`);
     assert.ok((r.peak_gib as number) <= target, `peak ${r.peak_gib} GiB over ${target} GiB`);
-    // What the pool holds (free buffers too) also stays within the target, and never below what is live.
+    // What the pool holds (free buffers too) also stays within the target with the default kernels on a GPU (the
+    // null device's auto), and never below what is live. (The gather kernels' HAD-Net step holds 19.3 GiB at the
+    // default bound: docs/performance.md.)
+    assert.equal(r.conv_kernels, "auto");
     assert.ok((r.reserved_gib as number) <= target, `reserved ${r.reserved_gib} GiB over ${target} GiB`);
     assert.ok((r.reserved_gib as number) >= (r.peak_gib as number));
   });

@@ -2,6 +2,8 @@
 // resume bit-exactly, the run folder holds what it should, and bad input stops before anything is written.
 import assert from "node:assert/strict";
 import { setConvKernels } from "../../src/kernels/conv_select.ts";
+import { Gpu } from "../../src/kernels/device.ts";
+import { planGpu } from "../../src/kernels/null_device.ts";
 import { computeSemantics } from "../../src/data/loader.ts";
 import { preprocessDataset } from "../../src/data/preprocess.ts";
 import { readJsonl } from "../../src/data/progress.ts";
@@ -9,7 +11,7 @@ import { writeSynthDataset } from "../../src/data/synth.ts";
 import { loadSafetensors } from "../../src/nn/safetensors.ts";
 import { Rng } from "../../src/nn/rng.ts";
 import { UNet } from "../../src/nn/unet.ts";
-import { RESUME_FILE, saveModel, SEMANTICS_FILE } from "../../src/train/common.ts";
+import { checkResumeConfig, RESUME_FILE, saveModel, SEMANTICS_FILE } from "../../src/train/common.ts";
 import { resolveDataRoot, SubjectCache } from "../../src/train/data.ts";
 import { HADNET_CHECKPOINT, HADNET_DEFAULTS, trainHadnet } from "../../src/train/hadnet.ts";
 import { CHECKPOINT_NAMES, pretrain, PRETRAIN_DEFAULTS, type PretrainConfig } from "../../src/train/pretrain.ts";
@@ -117,6 +119,16 @@ Deno.test({
     const ck = await loadSafetensors(`${whole.out}/${RESUME_FILE}`);
     assert.deepEqual([...ck.tensors.get("opt.step")!.data].every((s) => s === 4), true); // 2 epochs x 2 subjects
   },
+});
+
+Deno.test("resume compares convolution kernels as the device runs them: saved gather resumes under auto on a CPU", () => {
+  const gpu = planGpu(), cpu = new Gpu(gpu.device, "a CPU adapter's stand-in", true, gpu.features);
+  const [gather, auto, tuned] = (["gather", "auto", "tuned"] as const).map((convKernels) => ({ convKernels, k: 2 }));
+  checkResumeConfig(cpu, gather, auto, []); // auto is gather there
+  assert.throws(() => checkResumeConfig(gpu, gather, auto, []), /convKernels was "gather", now "auto"/);
+  assert.throws(() => checkResumeConfig(cpu, tuned, auto, []), /convKernels was "tuned", now "gather"/);
+  const k3 = { ...auto, k: 3 };
+  assert.throws(() => checkResumeConfig(cpu, gather, k3, []), /k was 2, now 3/);
 });
 
 Deno.test({
