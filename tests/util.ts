@@ -2,7 +2,7 @@
 // float64 central finite differences, and a Python runner for numpy/nibabel oracles.
 import { CL_SPLIT } from "../src/kernels/conv3d_cl.ts";
 import { type ConvKernels, setConvKernels } from "../src/kernels/conv_select.ts";
-import { type Gpu, gpu } from "../src/kernels/device.ts";
+import { type Gpu, gpu, type Grid } from "../src/kernels/device.ts";
 import { relErr } from "../src/train/parity.ts";
 
 export function testGpu(): Promise<Gpu> {
@@ -42,18 +42,29 @@ export async function withSplit(
   }
 }
 
-/** Runs f with g's convolutions picked by `kernels` (then the default, auto); returns the kernels it dispatched. */
-export async function dispatchedWith(g: Gpu, kernels: ConvKernels, f: () => Promise<void>): Promise<string[]> {
-  const names: string[] = [], dispatch = g.dispatch.bind(g);
-  g.dispatch = (k, ...rest) => (names.push(k.name), dispatch(k, ...rest));
-  setConvKernels(g, kernels);
+/** Runs f and returns the kernels it dispatched on g, each with its grid. */
+export async function recordDispatches(g: Gpu, f: () => Promise<void>): Promise<{ name: string; grid: Grid }[]> {
+  const out: { name: string; grid: Grid }[] = [], dispatch = g.dispatch.bind(g);
+  g.dispatch = (k, bindings, uniforms, grid) => {
+    out.push({ name: k.name, grid });
+    return dispatch(k, bindings, uniforms, grid);
+  };
   try {
     await f();
   } finally {
-    setConvKernels(g, "auto");
     Reflect.deleteProperty(g, "dispatch");
   }
-  return names;
+  return out;
+}
+
+/** Runs f with g's convolutions picked by `kernels` (then the default, auto); returns the kernels it dispatched. */
+export async function dispatchedWith(g: Gpu, kernels: ConvKernels, f: () => Promise<void>): Promise<string[]> {
+  setConvKernels(g, kernels);
+  try {
+    return (await recordDispatches(g, f)).map((d) => d.name);
+  } finally {
+    setConvKernels(g, "auto");
+  }
 }
 
 /** Deterministic pseudo-random numbers in [-1, 1) (mulberry32). */

@@ -83,7 +83,7 @@ export interface InferOptions {
   minEt?: number;
   /** Store activations as f16 (the adapter's shader-f16; not with MC dropout). */
   f16?: boolean;
-  /** How convolution kernels are picked (conv_select.ts; default gather). */
+  /** How convolution kernels are picked (conv_select.ts; default auto). */
   convKernels?: ConvKernels;
   /** Progress and messages; default stderr. */
   write?: (text: string) => void;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as K from "../../src/kernels/conv3d.ts";
 import { conv3d } from "../../src/nn/ops/conv.ts";
 import { backward, readAll, scope, Tensor } from "../../src/nn/tensor.ts";
-import { assertClose, finiteDiff, rand, testGpu } from "../util.ts";
+import { assertClose, finiteDiff, rand, recordDispatches, testGpu } from "../util.ts";
 
 // The four supported (k, stride, pad) variants, each with the bias setting the networks use.
 const VARIANTS = [
@@ -92,16 +92,9 @@ Deno.test("conv3d splits channel planes over binding windows when the binding li
 });
 
 Deno.test("conv3d GPU 1x1x1 weight gradient with few workgroups per chunk: one chunk per row (153 > 64 rows)", async () => {
-  const g = await testGpu(), chunks: number[] = [], dispatch = g.dispatch.bind(g);
-  g.dispatch = (k, ...rest) => {
-    if (k.name.startsWith("conv3d_dw")) chunks.push(rest[2][2]); // grid z: row chunks
-    return dispatch(k, ...rest);
-  };
-  try {
-    await checkGpu([1, 3, 9, 17, 5], 4, VARIANTS[2]);
-  } finally {
-    Reflect.deleteProperty(g, "dispatch");
-  }
+  const g = await testGpu();
+  const dispatched = await recordDispatches(g, () => checkGpu([1, 3, 9, 17, 5], 4, VARIANTS[2]));
+  const chunks = dispatched.filter((d) => d.name.startsWith("conv3d_dw")).map((d) => d.grid[2]); // grid z: row chunks
   assert.deepEqual(chunks, [153]); // one workgroup of 3 x 4 weights per chunk: DW_CHUNKS (64) would leave GPUs idle
 });
 
